@@ -1,0 +1,175 @@
+"""The training and evaluation loops, shared by the train and swa stages.
+
+The whole split lives in memory as one float tensor (on the GPU when there is one); a batch is
+an index into it, so the loop does no per-sample Python work and no DataLoader copying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from stages.cli import StageError
+from stages.data import Images
+from stages.files import atomic_dir
+from stages.optim import LossFn
+
+MAX_SHIFT = 2
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError(
+            "train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'"
+        )
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG a run touches; see PyTorch's notes on randomness for the limits."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a shift of up to MAX_SHIFT pixels, per image, batched."""
+    b, h, w = x.shape
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    x = torch.where(flip[:, None, None], x.flip(-1), x)
+    dy, dx = (torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2, b), generator=generator) + MAX_SHIFT).to(
+        x.device
+    )
+    padded = F.pad(x, (MAX_SHIFT,) * 4)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    return padded[
+        torch.arange(b, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]
+    ]
+
+
+@dataclass(frozen=True)
+class Stats:
+    loss: float
+    accuracy: float
+
+
+def train_epoch(
+    model: nn.Module,
+    data: Images,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    *,
+    use_augment: bool = False,
+    after_step: Callable[[], object] | None = None,
+) -> Stats:
+    """One pass over `data` in a seeded random order; returns running loss and accuracy."""
+    model.train()
+    order = torch.randperm(len(data), generator=generator).to(data.labels.device)
+    total_loss = torch.zeros((), device=data.labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
+    for start in range(0, len(data), batch_size):
+        idx = order[start : start + batch_size]
+        x, y = data.images[idx], data.labels[idx]
+        if use_augment:
+            x = augment(x, generator)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        total_loss += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == y).sum()
+    return Stats(total_loss.item() / len(data), correct.item() / len(data))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def evaluate(model: nn.Module, data: Images, loss_fn: LossFn) -> Stats:
+    logits = predict_logits(model, data.images)
+    return Stats(
+        loss_fn(logits, data.labels).item(),
+        (logits.argmax(1) == data.labels).float().mean().item(),
+    )
+
+
+def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]
+
+
+class EpochLog:
+    """Per-epoch metrics to dvclive (for `dvc plots`) and a progress line or bar to the user."""
+
+    def __init__(self, live, name: str, epochs: int) -> None:
+        self.live, self.name, self.epochs = live, name, epochs
+        self.bar = tqdm(total=epochs, desc=name, unit="epoch", disable=not sys.stderr.isatty())
+        self.started = self.last = time.perf_counter()
+
+    def log(self, epoch: int, lr: float, train: Stats | None, val: Stats) -> None:
+        metrics = {"lr": lr, "val/loss": val.loss, "val/acc": val.accuracy}
+        if train is not None:
+            metrics |= {"train/loss": train.loss, "train/acc": train.accuracy}
+        for key, value in metrics.items():
+            self.live.log_metric(key, value)
+        self.live.next_step()
+
+        now = time.perf_counter()
+        seen = f"train loss {train.loss:.4f} acc {train.accuracy:.4f} | " if train else ""
+        line = (
+            f"{self.name} epoch {epoch}/{self.epochs}  lr {lr:.2e}  {seen}"
+            f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  ({now - self.last:.2f} s)"
+        )
+        self.last = now
+        if self.bar.disable:
+            print(line, flush=True)
+        else:
+            self.bar.write(line)
+            self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+        print(f"{self.name}: {time.perf_counter() - self.started:.1f} s", flush=True)
+
+
+@contextlib.contextmanager
+def epoch_log(live_dir: Path, name: str, epochs: int) -> Iterator[EpochLog]:
+    """dvclive logging into a staging directory that replaces `live_dir` only on success."""
+    from dvclive import Live  # imports dvc: pay for it only in the stages that log
+
+    with atomic_dir(live_dir) as staging:
+        live = Live(str(staging), dvcyaml=False, save_dvc_exp=False, report=None)
+        log = EpochLog(live, name, epochs)
+        try:
+            yield log
+        finally:
+            log.close()
+        live.end()

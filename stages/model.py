@@ -1,0 +1,51 @@
+"""The lesson's network: 784-512-512-10 with ReLU, optional dropout, input normalization inside.
+
+Inputs are images in [0, 1], shaped (N, 28, 28) or (N, 1, 28, 28), as torchvision's ToTensor
+gives them; normalizing inside the model keeps the exported ONNX graph self-contained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from stages.data import CLASSES, IMAGE_SIDE
+
+# FashionMNIST training-set pixel statistics (of images scaled to [0, 1]).
+PIXEL_MEAN = 0.2860
+PIXEL_STD = 0.3530
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden: tuple[int, ...] = (512, 512)
+    dropout: float = 0.0
+    in_features: int = IMAGE_SIDE * IMAGE_SIDE
+    num_classes: int = len(CLASSES)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MLPConfig:
+        return cls(**{**d, "hidden": tuple(d["hidden"])})
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = config.in_features
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            if config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
+            width = hidden
+        layers.append(nn.Linear(width, config.num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - PIXEL_MEAN) / PIXEL_STD)

@@ -1,0 +1,74 @@
+"""Loss functions, optimizers and learning-rate schedulers, each chosen by name from params."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from stages.params import Train
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_loss(cfg: Train) -> LossFn:
+    """A loss over logits. `nll` is the lesson's NLLLoss on log-softmax outputs."""
+    if cfg.loss == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=cfg.losses.cross_entropy.label_smoothing)
+    return lambda logits, targets: F.nll_loss(F.log_softmax(logits, dim=1), targets)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: Train, lr: float) -> Optimizer:
+    # Fused kernels are 2-3x faster per step on CPU than the per-tensor loop (see bench/).
+    common = {"lr": lr, "weight_decay": cfg.weight_decay}
+    args = getattr(cfg.optimizers, cfg.optimizer)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, momentum=args.momentum, nesterov=args.nesterov, fused=True, **common
+        )
+    if cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, betas=tuple(args.betas), eps=args.eps, fused=True, **common)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(
+            params, alpha=args.alpha, momentum=args.momentum, eps=args.eps, **common
+        )
+    return torch.optim.Adagrad(params, lr_decay=args.lr_decay, eps=args.eps, fused=True, **common)
+
+
+def build_scheduler(
+    optimizer: Optimizer, cfg: Train, steps_per_epoch: int
+) -> tuple[LRScheduler | None, bool]:
+    """The configured scheduler and whether it steps per batch (True) or per epoch (False)."""
+    args = getattr(cfg.schedulers, cfg.scheduler, None)
+    sched = torch.optim.lr_scheduler
+    match cfg.scheduler:
+        case "none":
+            return None, False
+        case "step":
+            return sched.StepLR(optimizer, step_size=args.step_size, gamma=args.gamma), False
+        case "multistep":
+            return sched.MultiStepLR(optimizer, milestones=args.milestones, gamma=args.gamma), False
+        case "exponential":
+            return sched.ExponentialLR(optimizer, gamma=args.gamma), False
+        case "cosine":
+            return sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=args.eta_min), False
+        case "onecycle":
+            return sched.OneCycleLR(
+                optimizer,
+                max_lr=cfg.lr,
+                total_steps=max(1, cfg.epochs * steps_per_epoch),
+                pct_start=args.pct_start,
+                div_factor=args.div_factor,
+                final_div_factor=args.final_div_factor,
+                anneal_strategy=args.anneal_strategy,
+            ), True
+    raise AssertionError(f"unhandled scheduler {cfg.scheduler}")
+
+
+def current_lr(optimizer: Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])

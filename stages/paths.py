@@ -1,0 +1,27 @@
+"""Where each stage reads and writes, relative to the project root; dvc.yaml declares the same
+paths (tests/test_dvc_yaml.py checks that the two agree)."""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+
+SPLIT_DIR = Path("data/split")
+TRAIN_DATA = SPLIT_DIR / "train.safetensors"
+VAL_DATA = SPLIT_DIR / "val.safetensors"
+TEST_DATA = SPLIT_DIR / "test.safetensors"
+SPLIT_MANIFEST = SPLIT_DIR / "manifest.json"
+
+TRAIN_MODEL = Path("models/train.safetensors")
+SWA_MODEL = Path("models/swa.safetensors")
+MODELS = {"train": TRAIN_MODEL, "swa": SWA_MODEL}
+
+TRAIN_LIVE = Path("metrics/train")
+SWA_LIVE = Path("metrics/swa")
+
+TEST_METRICS = Path("metrics/test.json")
+EVAL_PLOTS = Path("metrics/eval")
+
+EXPORT_DIR = Path("models/export")
+EXPORT_WEIGHTS = EXPORT_DIR / "model.safetensors"
+EXPORT_ONNX = EXPORT_DIR / "model.onnx"
+EXPORT_CARD = EXPORT_DIR / "model_card.json"

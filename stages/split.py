@@ -1,0 +1,55 @@
+"""Stage 2: a seeded, stratified train/validation split of the 60,000 training images.
+
+The 10,000 test images pass through untouched. Every split is written once as uint8
+safetensors, so later stages never decode the IDX files again.
+"""
+
+from __future__ import annotations
+
+from stages.cli import run_stage
+from stages.data import (
+    RAW_FILES,
+    class_counts,
+    read_images_and_labels,
+    save_arrays,
+    stratified_split,
+)
+from stages.files import sha256_file, write_json
+from stages.params import load_params
+from stages.paths import RAW_DIR, SPLIT_MANIFEST, TEST_DATA, TRAIN_DATA, VAL_DATA
+
+
+def main() -> None:
+    cfg = load_params().split
+    images, labels = read_images_and_labels(RAW_DIR, "train")
+    if cfg.subset is not None:
+        _, keep = stratified_split(labels, cfg.subset, cfg.seed)
+        images, labels = images[keep], labels[keep]
+    train_idx, val_idx = stratified_split(labels, cfg.val_size, cfg.seed)
+    parts = {
+        "train": (TRAIN_DATA, images[train_idx], labels[train_idx]),
+        "val": (VAL_DATA, images[val_idx], labels[val_idx]),
+        "test": (TEST_DATA, *read_images_and_labels(RAW_DIR, "test")),
+    }
+    for path, part_images, part_labels in parts.values():
+        save_arrays(path, part_images, part_labels)
+
+    manifest = {
+        "source_sha256": {raw.name: raw.sha256 for raw in RAW_FILES.values()},
+        "splits": {
+            name: {
+                "file": path.name,
+                "sha256": sha256_file(path),
+                "size": len(part_labels),
+                "class_counts": class_counts(part_labels),
+            }
+            for name, (path, _, part_labels) in parts.items()
+        },
+    }
+    write_json(SPLIT_MANIFEST, manifest)
+    sizes = ", ".join(f"{name} {len(lab)}" for name, (_, _, lab) in parts.items())
+    print(f"split: {sizes} images")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,65 @@
+"""Stage 3: train the MLP on the training split, validating every epoch.
+
+Logs train/validation loss and accuracy and the learning rate per epoch with dvclive, so
+`dvc plots show` draws the overfitting picture, and writes the weights as safetensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from stages.checkpoints import save_model
+from stages.cli import run_stage
+from stages.data import load_split
+from stages.engine import (
+    epoch_log,
+    evaluate,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+    train_epoch,
+)
+from stages.model import MLP, MLPConfig
+from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
+from stages.params import load_params
+from stages.paths import TRAIN_DATA, TRAIN_LIVE, TRAIN_MODEL, VAL_DATA
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.train
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
+
+    model = MLP(MLPConfig(hidden=tuple(params.model.hidden), dropout=params.model.dropout)).to(
+        device
+    )
+    loss_fn = build_loss(cfg)
+    optimizer = build_optimizer(model.parameters(), cfg, cfg.lr)
+    scheduler, per_batch = build_scheduler(
+        optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size)
+    )
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    print(
+        f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}, {cfg.optimizer}, {cfg.scheduler}"
+    )
+    with epoch_log(TRAIN_LIVE, "train", cfg.epochs) as log:
+        log.log(0, current_lr(optimizer), None, evaluate(model, val_data, loss_fn))
+        for epoch in range(1, cfg.epochs + 1):
+            lr = current_lr(optimizer)
+            stats = train_epoch(
+                model, train_data, loss_fn, optimizer, cfg.batch_size, shuffle,
+                use_augment=cfg.augment,
+                after_step=scheduler.step if per_batch else None,
+            )  # fmt: skip
+            if scheduler is not None and not per_batch:
+                scheduler.step()
+            log.log(epoch, lr, stats, evaluate(model, val_data, loss_fn))
+    save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
+    print(f"wrote {TRAIN_MODEL}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
