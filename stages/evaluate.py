@@ -1,0 +1,118 @@
+"""Stage 5: evaluate the trained and the SWA model on the untouched test set with torchmetrics.
+
+Writes metrics/test.json (loss, accuracy, macro F1 per model) and, under metrics/eval/, the data
+of the plots dvc.yaml declares: predictions for the confusion matrices, per-class precision and
+recall, and a grid of misclassified test images per model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+)
+
+from stages.checkpoints import load_model
+from stages.cli import run_stage
+from stages.data import CLASSES, Images, load_split
+from stages.engine import predict_logits
+from stages.files import atomic_dir, write_json
+from stages.params import load_params
+from stages.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
+
+NUM_CLASSES = len(CLASSES)
+
+
+def summary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    preds = logits.argmax(1)
+    return {
+        "loss": round(F.cross_entropy(logits, labels).item(), 6),
+        "accuracy": round(
+            multiclass_accuracy(preds, labels, NUM_CLASSES, average="micro").item(), 6
+        ),
+        "f1_macro": round(
+            multiclass_f1_score(preds, labels, NUM_CLASSES, average="macro").item(), 6
+        ),
+    }
+
+
+def per_class_rows(preds: torch.Tensor, labels: torch.Tensor) -> list[dict[str, object]]:
+    """Per-class precision and recall; recall is the per-class accuracy."""
+    precision = multiclass_precision(preds, labels, NUM_CLASSES, average=None)
+    recall = multiclass_recall(preds, labels, NUM_CLASSES, average=None)
+    return [
+        {"class": name, "accuracy": round(r.item(), 6), "precision": round(p.item(), 6)}
+        for name, p, r in zip(CLASSES, precision, recall, strict=True)
+    ]
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
+
+
+def draw_misclassified(
+    path: Path, test: Images, preds: torch.Tensor, side: int, title: str
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wrong = torch.nonzero(preds != test.labels).flatten()[: side * side]
+    fig, axes = plt.subplots(side, side, figsize=(1.6 * side, 1.8 * side))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong.tolist(), strict=False):
+        ax.imshow(test.images[i].numpy(), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(
+            f"{CLASSES[test.labels[i]]}\n→ {CLASSES[preds[i]]}", fontsize=7, color="firebrick"
+        )
+    fig.suptitle(
+        f"{title}: first {len(wrong)} misclassified test images (true → predicted)", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same bytes each run
+    plt.close(fig)
+
+
+def main() -> None:
+    cfg = load_params().evaluate
+    test = load_split(TEST_DATA)
+    results = {}
+    with atomic_dir(EVAL_PLOTS) as staging:
+        for name, path in MODELS.items():
+            model, _ = load_model(path)
+            logits = predict_logits(model, test.images, cfg.batch_size)
+            preds = logits.argmax(1)
+            results[name] = summary_metrics(logits, test.labels)
+            write_csv(
+                staging / f"confusion_{name}.csv",
+                [
+                    {"actual": CLASSES[a], "predicted": CLASSES[p]}
+                    for a, p in zip(test.labels.tolist(), preds.tolist(), strict=True)
+                ],
+            )
+            write_csv(staging / f"per_class_{name}.csv", per_class_rows(preds, test.labels))
+            draw_misclassified(
+                staging / f"misclassified_{name}.png", test, preds, cfg.misclassified_grid, name
+            )
+            print(
+                f"{name} model: test " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items())
+            )
+        write_json(TEST_METRICS, results)
+
+
+if __name__ == "__main__":
+    run_stage(main)

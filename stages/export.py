@@ -1,0 +1,125 @@
+"""Stage 6: export the chosen model (`export.model`) as safetensors and ONNX, with a model card.
+
+The ONNX graph takes images in [0, 1] shaped (batch, 1, 28, 28), as torchvision's ToTensor
+gives them, with a dynamic batch axis. Before anything is written, ONNX Runtime must reproduce
+PyTorch's logits on the whole test set within `export.atol` and give identical predictions;
+otherwise the stage fails and reports the largest difference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.checkpoints import load_model
+from stages.cli import StageError, run_stage
+from stages.data import CLASSES, IMAGE_SIDE, load_split
+from stages.engine import predict_logits
+from stages.files import atomic_dir, sha256_file, write_json
+from stages.model import MLP
+from stages.params import Params, load_params
+from stages.paths import (
+    EXPORT_CARD,
+    EXPORT_DIR,
+    EXPORT_ONNX,
+    EXPORT_WEIGHTS,
+    MODELS,
+    SPLIT_MANIFEST,
+    TEST_DATA,
+    TEST_METRICS,
+)
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def export_onnx(model: MLP, path: Path, opset: int) -> None:
+    example = torch.zeros(2, 1, IMAGE_SIDE, IMAGE_SIDE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not ours to fix
+        torch.onnx.export(
+            model,
+            (example,),
+            path,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+
+
+def check_parity(
+    torch_logits: np.ndarray, ort_logits: np.ndarray, atol: float
+) -> dict[str, object]:
+    """Compare logits; StageError naming the largest difference if they disagree."""
+    max_diff = float(np.abs(torch_logits - ort_logits).max())
+    mismatched = int((torch_logits.argmax(1) != ort_logits.argmax(1)).sum())
+    if max_diff > atol or mismatched:
+        raise StageError(
+            f"ONNX parity check failed: max |logit difference| {max_diff:.3g} (allowed "
+            f"{atol:g}), {mismatched} of {len(torch_logits)} predictions differ. Nothing was "
+            "exported; check the opset (export.opset) and the onnx/onnxruntime versions."
+        )
+    return {"images": len(torch_logits), "max_abs_logit_diff": max_diff, "predictions_equal": True}
+
+
+def model_card(params: Params, info: dict, parity: dict, files: dict[str, str]) -> dict:
+    cfg = params.export
+    return {
+        "name": "fashion-mnist-mlp",
+        "source_model": cfg.model,
+        "architecture": {"type": "MLP", **info["config"]},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 1, IMAGE_SIDE, IMAGE_SIDE],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(CLASSES)], "dtype": "float32"},
+        "classes": list(CLASSES),
+        "test_metrics": json.loads(TEST_METRICS.read_text()),
+        "onnx_parity": parity,
+        "params": params.model_dump(include={"split", "model", "train", "swa", "export"}),
+        "data": json.loads(SPLIT_MANIFEST.read_text()),
+        "files_sha256": files,
+    }
+
+
+def main() -> None:
+    params = load_params()
+    cfg = params.export
+    source = MODELS[cfg.model]
+    model, info = load_model(source)
+    images = load_split(TEST_DATA).images.unsqueeze(1)
+    reference = predict_logits(model, images).numpy()
+
+    with atomic_dir(EXPORT_DIR) as staging:
+        weights, onnx_file = staging / EXPORT_WEIGHTS.name, staging / EXPORT_ONNX.name
+        shutil.copyfile(source, weights)
+        export_onnx(model, onnx_file, cfg.opset)
+        parity = check_parity(reference, onnx_logits(onnx_file, images.numpy()), cfg.atol)
+        files = {p.name: sha256_file(p) for p in (weights, onnx_file)}
+        info = {"config": model.config.to_dict()}
+        write_json(staging / EXPORT_CARD.name, model_card(params, info, parity, files))
+    print(
+        f"exported the {cfg.model} model to {EXPORT_DIR}/: ONNX matches PyTorch on {parity['images']} test images (max |diff| {parity['max_abs_logit_diff']:.2e})"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,71 @@
+"""Stage 4: SWA-finalize the trained model (stochastic weight averaging).
+
+Training continues from the trained weights for `swa.epochs`, with SWALR annealing the learning
+rate from where training ended to `swa.lr`; after each epoch the weights join a running average
+(AveragedModel). `update_bn` then recomputes BatchNorm statistics for the averaged weights (a
+no-op for this MLP, kept so a model with BatchNorm stays correct). With `swa.epochs: 0` the
+trained model passes through unchanged, byte for byte.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+from stages.checkpoints import load_model, save_model
+from stages.cli import run_stage
+from stages.data import load_split
+from stages.engine import batches, epoch_log, evaluate, resolve_device, seed_everything, train_epoch
+from stages.optim import build_loss, build_optimizer, current_lr
+from stages.params import load_params
+from stages.paths import SWA_LIVE, SWA_MODEL, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
+
+
+def main() -> None:
+    params = load_params()
+    cfg, train_cfg = params.swa, params.train
+    device = resolve_device(train_cfg.device)
+    seed_everything(cfg.seed)
+    model, info = load_model(TRAIN_MODEL, device)
+    train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
+    loss_fn = build_loss(train_cfg)
+
+    optimizer = build_optimizer(model.parameters(), train_cfg, lr=info["final_lr"])
+    swa_model = AveragedModel(model)
+    swa_scheduler = SWALR(
+        optimizer,
+        swa_lr=cfg.lr,
+        anneal_epochs=cfg.anneal_epochs,
+        anneal_strategy=cfg.anneal_strategy,
+    )
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+
+    print(f"swa: {cfg.epochs} epochs from {TRAIN_MODEL}, lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")
+    with epoch_log(SWA_LIVE, "swa", cfg.epochs) as log:
+        log.log(0, current_lr(optimizer), None, evaluate(model, val_data, loss_fn))
+        for epoch in range(1, cfg.epochs + 1):
+            lr = current_lr(optimizer)
+            stats = train_epoch(
+                model, train_data, loss_fn, optimizer, train_cfg.batch_size, shuffle,
+                use_augment=train_cfg.augment,
+            )  # fmt: skip
+            swa_model.update_parameters(model)
+            swa_scheduler.step()
+            log.log(epoch, lr, stats, evaluate(swa_model.module, val_data, loss_fn))
+
+    if cfg.epochs == 0:
+        shutil.copyfile(TRAIN_MODEL, SWA_MODEL)
+    else:
+        update_bn(batches(train_data.images, train_cfg.batch_size), swa_model, device=device)
+        save_model(
+            swa_model.module,
+            SWA_MODEL,
+            {"final_lr": current_lr(optimizer), "swa_epochs": cfg.epochs},
+        )
+    print(f"wrote {SWA_MODEL}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
