@@ -101,8 +101,12 @@ def read_raw(raw_dir: Path, key: str) -> np.ndarray:
 
 
 def read_images_and_labels(raw_dir: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
-    images = read_raw(raw_dir, f"{part}_images")
-    labels = read_raw(raw_dir, f"{part}_labels")
+    images, labels = read_raw(raw_dir, f"{part}_images"), read_raw(raw_dir, f"{part}_labels")
+    check_pair(images, labels, part)
+    return images, labels
+
+
+def check_pair(images: np.ndarray, labels: np.ndarray, part: str) -> None:
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise StageError(f"{part} images have shape {images.shape}, expected (N, 28, 28)")
     if labels.ndim != 1 or len(labels) != len(images):
@@ -112,7 +116,6 @@ def read_images_and_labels(raw_dir: Path, part: str) -> tuple[np.ndarray, np.nda
         )
     if labels.size and labels.max() >= len(CLASSES):
         raise StageError(f"{part} labels: found class {labels.max()}, expected 0..9")
-    return images, labels
 
 
 def stratified_split(labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ Options that carry their own arguments (optimizers, losses, schedulers) are chos
 (`train.optimizer: adamw`) and configured in a block per option (`train.optimizers.adamw`), so
 `dvc exp run -S train.optimizer=sgd` switches with one key, and an argument that does not
 belong to an option is an unknown key, not a silently ignored one.
+
+The schema has no defaults: params.yaml holds every value, so there is one place to read them.
 """
 
 from __future__ import annotations
@@ -31,18 +33,15 @@ class Strict(BaseModel):
 
 
 class Download(Strict):
-    source_dir: str = "/usr/share/datasets/fashion-mnist"
-    mirrors: list[str] = [
-        "https://ossci-datasets.s3.amazonaws.com/fashion-mnist/",
-        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-    ]
-    timeout_s: PositiveFloat = 30.0
+    source_dir: str
+    mirrors: list[str]
+    timeout_s: PositiveFloat
 
 
 class Split(Strict):
-    val_size: Annotated[int, Field(gt=0)] = 10_000
-    seed: int = 0
-    subset: Annotated[int, Field(gt=1)] | None = None
+    val_size: Annotated[int, Field(gt=0)]
+    seed: int
+    subset: Annotated[int, Field(gt=1)] | None
     """Keep a stratified random subset of this many training images (for quick runs)."""
 
     @model_validator(mode="after")
@@ -61,41 +60,41 @@ class Split(Strict):
 
 
 class Model(Strict):
-    hidden: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] = [512, 512]
-    dropout: UnitFloat = 0.0
+    hidden: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+    dropout: UnitFloat
 
 
 class Sgd(Strict):
-    momentum: UnitFloat = 0.9
-    nesterov: bool = True
+    momentum: UnitFloat
+    nesterov: bool
 
 
 class Adam(Strict):
-    betas: Annotated[list[UnitFloat], Field(min_length=2, max_length=2)] = [0.9, 0.999]
-    eps: PositiveFloat = 1e-8
+    betas: Annotated[list[UnitFloat], Field(min_length=2, max_length=2)]
+    eps: PositiveFloat
 
 
 class RmsProp(Strict):
-    alpha: UnitFloat = 0.99
-    momentum: UnitFloat = 0.0
-    eps: PositiveFloat = 1e-8
+    alpha: UnitFloat
+    momentum: UnitFloat
+    eps: PositiveFloat
 
 
 class Adagrad(Strict):
-    lr_decay: Annotated[float, Field(ge=0)] = 0.0
-    eps: PositiveFloat = 1e-10
+    lr_decay: Annotated[float, Field(ge=0)]
+    eps: PositiveFloat
 
 
 class Optimizers(Strict):
-    sgd: Sgd = Sgd()
-    adam: Adam = Adam()
-    adamw: Adam = Adam()
-    rmsprop: RmsProp = RmsProp()
-    adagrad: Adagrad = Adagrad()
+    sgd: Sgd
+    adam: Adam
+    adamw: Adam
+    rmsprop: RmsProp
+    adagrad: Adagrad
 
 
 class CrossEntropy(Strict):
-    label_smoothing: UnitFloat = 0.0
+    label_smoothing: UnitFloat
 
 
 class Nll(Strict):
@@ -103,88 +102,88 @@ class Nll(Strict):
 
 
 class Losses(Strict):
-    cross_entropy: CrossEntropy = CrossEntropy()
-    nll: Nll = Nll()
+    cross_entropy: CrossEntropy
+    nll: Nll
 
 
 class StepLR(Strict):
-    step_size: Annotated[int, Field(gt=0)] = 10
-    gamma: PositiveFloat = 0.1
+    step_size: Annotated[int, Field(gt=0)]
+    gamma: PositiveFloat
 
 
 class MultiStepLR(Strict):
-    milestones: list[Annotated[int, Field(gt=0)]] = [15, 25]
-    gamma: PositiveFloat = 0.1
+    milestones: list[Annotated[int, Field(gt=0)]]
+    gamma: PositiveFloat
 
 
 class ExponentialLR(Strict):
-    gamma: PositiveFloat = 0.9
+    gamma: PositiveFloat
 
 
 class CosineLR(Strict):
-    eta_min: Annotated[float, Field(ge=0)] = 0.0
+    eta_min: Annotated[float, Field(ge=0)]
 
 
 class OneCycleLR(Strict):
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.25
-    div_factor: PositiveFloat = 25.0
-    final_div_factor: PositiveFloat = 1e4
-    anneal_strategy: Literal["cos", "linear"] = "cos"
+    pct_start: Annotated[float, Field(gt=0, lt=1)]
+    div_factor: PositiveFloat
+    final_div_factor: PositiveFloat
+    anneal_strategy: Literal["cos", "linear"]
 
 
 class Schedulers(Strict):
-    step: StepLR = StepLR()
-    multistep: MultiStepLR = MultiStepLR()
-    exponential: ExponentialLR = ExponentialLR()
-    cosine: CosineLR = CosineLR()
-    onecycle: OneCycleLR = OneCycleLR()
+    step: StepLR
+    multistep: MultiStepLR
+    exponential: ExponentialLR
+    cosine: CosineLR
+    onecycle: OneCycleLR
 
 
 class Train(Strict):
-    seed: int = 0
-    device: Device = "auto"
-    epochs: Annotated[int, Field(ge=0)] = 30
-    batch_size: Annotated[int, Field(gt=0)] = 128
-    lr: PositiveFloat = 2e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    augment: bool = False
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"] = "adamw"
-    optimizers: Optimizers = Optimizers()
-    loss: Literal["cross_entropy", "nll"] = "cross_entropy"
-    losses: Losses = Losses()
-    scheduler: Literal["none", "step", "multistep", "exponential", "cosine", "onecycle"] = "none"
-    schedulers: Schedulers = Schedulers()
+    seed: int
+    device: Device
+    epochs: Annotated[int, Field(ge=0)]
+    batch_size: Annotated[int, Field(gt=0)]
+    lr: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0)]
+    augment: bool
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
+    optimizers: Optimizers
+    loss: Literal["cross_entropy", "nll"]
+    losses: Losses
+    scheduler: Literal["none", "step", "multistep", "exponential", "cosine", "onecycle"]
+    schedulers: Schedulers
 
 
 class Swa(Strict):
-    epochs: Annotated[int, Field(ge=0)] = 10
+    epochs: Annotated[int, Field(ge=0)]
     """0 passes the trained model through unchanged."""
-    lr: PositiveFloat = 1e-3
-    anneal_epochs: Annotated[int, Field(ge=0)] = 3
-    anneal_strategy: Literal["cos", "linear"] = "cos"
-    seed: int = 0
+    lr: PositiveFloat
+    anneal_epochs: Annotated[int, Field(ge=0)]
+    anneal_strategy: Literal["cos", "linear"]
+    seed: int
 
 
 class Evaluate(Strict):
-    batch_size: Annotated[int, Field(gt=0)] = 2048
-    misclassified_grid: Annotated[int, Field(gt=0, le=20)] = 6
+    batch_size: Annotated[int, Field(gt=0)]
+    misclassified_grid: Annotated[int, Field(gt=0, le=20)]
     """Side of the square grid of misclassified test images drawn per model."""
 
 
 class Export(Strict):
-    model: Literal["swa", "train"] = "swa"
-    opset: Annotated[int, Field(ge=18)] = 18
-    atol: PositiveFloat = 1e-4
+    model: Literal["swa", "train"]
+    opset: Annotated[int, Field(ge=18)]
+    atol: PositiveFloat
 
 
 class Params(Strict):
-    download: Download = Download()
-    split: Split = Split()
-    model: Model = Model()
-    train: Train = Train()
-    swa: Swa = Swa()
-    evaluate: Evaluate = Evaluate()
-    export: Export = Export()
+    download: Download
+    split: Split
+    model: Model
+    train: Train
+    swa: Swa
+    evaluate: Evaluate
+    export: Export
 
 
 class _Yaml12FloatLoader(yaml.SafeLoader):
@@ -200,6 +199,9 @@ _Yaml12FloatLoader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+
+
+MAX_REPORTED = 8
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
@@ -219,7 +221,9 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        problems = "\n".join(f"  - {_describe(err, raw)}" for err in e.errors())
+        problems = "\n".join(f"  - {_describe(err, raw)}" for err in e.errors()[:MAX_REPORTED])
+        if e.error_count() > MAX_REPORTED:
+            problems += f"\n  ... and {e.error_count() - MAX_REPORTED} more"
         raise StageError(f"{source} has invalid params:\n{problems}") from None
 
 
@@ -231,6 +235,8 @@ def _describe(err: Any, raw: dict) -> str:
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
         return f"{key}: unknown key{did_you_mean} (allowed here: {', '.join(allowed)})"
+    if err["type"] == "missing":
+        return f"{key}: missing (every key must be set; the project's params.yaml lists them all)"
     value = _value_at(raw, loc)
     shown = "" if value is _MISSING or isinstance(value, dict) else f" = {value!r}"
     message = err["msg"].removeprefix("Value error, ")

@@ -12,15 +12,60 @@ from __future__ import annotations
 import shutil
 
 import torch
+from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from stages.checkpoints import load_model, save_model
 from stages.cli import run_stage
-from stages.data import load_split
-from stages.engine import batches, epoch_log, evaluate, resolve_device, seed_everything, train_epoch
+from stages.data import Images, load_split
+from stages.engine import (
+    EpochLog,
+    batches,
+    epoch_log,
+    evaluate,
+    resolve_device,
+    seed_everything,
+    train_epoch,
+)
 from stages.optim import build_loss, build_optimizer, current_lr
-from stages.params import load_params
+from stages.params import Swa, Train, load_params
 from stages.paths import SWA_LIVE, SWA_MODEL, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
+
+
+def average_weights(
+    model: nn.Module,
+    train_data: Images,
+    val_data: Images,
+    cfg: Swa,
+    train_cfg: Train,
+    start_lr: float,
+    log: EpochLog,
+) -> AveragedModel:
+    """Continue training `model` for cfg.epochs, averaging its weights after every epoch."""
+    loss_fn = build_loss(train_cfg)
+    optimizer = build_optimizer(model.parameters(), train_cfg, lr=start_lr)
+    swa_model = AveragedModel(model)
+    swa_scheduler = SWALR(
+        optimizer,
+        swa_lr=cfg.lr,
+        anneal_epochs=cfg.anneal_epochs,
+        anneal_strategy=cfg.anneal_strategy,
+    )
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    log.log(0, current_lr(optimizer), None, evaluate(model, val_data, loss_fn))
+    for epoch in range(1, cfg.epochs + 1):
+        lr = current_lr(optimizer)
+        stats = train_epoch(
+            model, train_data, loss_fn, optimizer, train_cfg.batch_size, shuffle,
+            use_augment=train_cfg.augment,
+        )  # fmt: skip
+        swa_model.update_parameters(model)
+        swa_scheduler.step()
+        log.log(epoch, lr, stats, evaluate(swa_model.module, val_data, loss_fn))
+    update_bn(
+        batches(train_data.images, train_cfg.batch_size), swa_model, device=val_data.labels.device
+    )
+    return swa_model
 
 
 def main() -> None:
@@ -30,40 +75,16 @@ def main() -> None:
     seed_everything(cfg.seed)
     model, info = load_model(TRAIN_MODEL, device)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
-    loss_fn = build_loss(train_cfg)
-
-    optimizer = build_optimizer(model.parameters(), train_cfg, lr=info["final_lr"])
-    swa_model = AveragedModel(model)
-    swa_scheduler = SWALR(
-        optimizer,
-        swa_lr=cfg.lr,
-        anneal_epochs=cfg.anneal_epochs,
-        anneal_strategy=cfg.anneal_strategy,
-    )
-    shuffle = torch.Generator().manual_seed(cfg.seed)
 
     print(f"swa: {cfg.epochs} epochs from {TRAIN_MODEL}, lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")
     with epoch_log(SWA_LIVE, "swa", cfg.epochs) as log:
-        log.log(0, current_lr(optimizer), None, evaluate(model, val_data, loss_fn))
-        for epoch in range(1, cfg.epochs + 1):
-            lr = current_lr(optimizer)
-            stats = train_epoch(
-                model, train_data, loss_fn, optimizer, train_cfg.batch_size, shuffle,
-                use_augment=train_cfg.augment,
-            )  # fmt: skip
-            swa_model.update_parameters(model)
-            swa_scheduler.step()
-            log.log(epoch, lr, stats, evaluate(swa_model.module, val_data, loss_fn))
-
+        swa_model = average_weights(
+            model, train_data, val_data, cfg, train_cfg, info["final_lr"], log
+        )
     if cfg.epochs == 0:
         shutil.copyfile(TRAIN_MODEL, SWA_MODEL)
     else:
-        update_bn(batches(train_data.images, train_cfg.batch_size), swa_model, device=device)
-        save_model(
-            swa_model.module,
-            SWA_MODEL,
-            {"final_lr": current_lr(optimizer), "swa_epochs": cfg.epochs},
-        )
+        save_model(swa_model.module, SWA_MODEL, {"final_lr": cfg.lr, "swa_epochs": cfg.epochs})
     print(f"wrote {SWA_MODEL}")
 
 

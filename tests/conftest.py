@@ -1,0 +1,46 @@
+"""Shared fixtures: the project's own params.yaml and real FashionMNIST data, subset for speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages.data import Images, read_images_and_labels
+from stages.params import PARAMS_FILE, Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return load_params(ROOT / PARAMS_FILE)
+
+
+@pytest.fixture(scope="session")
+def raw_dir() -> Path:
+    if not (DATASET_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(
+            f"FashionMNIST is not in {DATASET_DIR}: install it with "
+            "`apt-get install dataset-fashion-mnist` (make setup does)"
+        )
+    return DATASET_DIR
+
+
+@pytest.fixture(scope="session")
+def train_arrays(raw_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    return read_images_and_labels(raw_dir, "train")
+
+
+def as_images(images: np.ndarray, labels: np.ndarray) -> Images:
+    return Images(torch.from_numpy(images).float().div(255), torch.from_numpy(labels).long())
+
+
+@pytest.fixture(scope="session")
+def small_data(train_arrays: tuple[np.ndarray, np.ndarray]) -> tuple[Images, Images]:
+    """1,000 real training images and 200 real validation images."""
+    images, labels = train_arrays
+    return as_images(images[:1000], labels[:1000]), as_images(images[1000:1200], labels[1000:1200])

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.cli import StageError
+from stages.data import (
+    RAW_FILES,
+    TEST_SIZE,
+    TRAIN_SIZE,
+    check_pair,
+    class_counts,
+    decompress_verified,
+    parse_idx,
+    read_images_and_labels,
+    stratified_split,
+)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_parse_idx_round_trips_images_and_labels() -> None:
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    np.testing.assert_array_equal(parse_idx(idx_bytes(images)), images)
+    labels = np.array([3, 1, 4], dtype=np.uint8)
+    np.testing.assert_array_equal(parse_idx(idx_bytes(labels)), labels)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"\x00\x00\x0d\x01" + (1).to_bytes(4, "big") + b"\0\0\0\0",
+            "not an IDX file of unsigned bytes",
+        ),
+        (b"PK\x03\x04", "not an IDX file"),
+        (b"\x00\x00\x08", "not an IDX file"),
+        (b"\x00\x00\x08\x03\x00\x00", "header is truncated"),
+        (
+            idx_bytes(np.zeros((2, 3), np.uint8))[:-1],
+            "declares shape (2, 3) (6 bytes) but 5 bytes follow",
+        ),
+        (idx_bytes(np.zeros((2, 3), np.uint8)) + b"\0", "but 7 bytes follow"),
+    ],
+)
+def test_parse_idx_rejects_malformed_files(content: bytes, message: str) -> None:
+    with pytest.raises(StageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_idx(content)
+
+
+def test_decompress_verified_rejects_wrong_content() -> None:
+    raw = RAW_FILES["train_labels"]
+    with pytest.raises(StageError, match=r"content sha256 is .* expected"):
+        decompress_verified(gzip.compress(b"not the labels"), raw)
+
+
+def test_decompress_verified_rejects_truncated_gzip(raw_dir: Path) -> None:
+    raw = RAW_FILES["train_labels"]
+    gz = (raw_dir / raw.name).read_bytes()
+    assert decompress_verified(gz, raw)  # the intact file passes
+    with pytest.raises(StageError, match="not a valid gzip file"):
+        decompress_verified(gz[: len(gz) // 2], raw)
+
+
+def test_real_files_parse_to_the_documented_sizes(raw_dir: Path, train_arrays) -> None:
+    images, labels = train_arrays
+    assert images.shape == (TRAIN_SIZE, 28, 28) and labels.shape == (TRAIN_SIZE,)
+    assert set(class_counts(labels).values()) == {6000}
+    test_images, test_labels = read_images_and_labels(raw_dir, "test")
+    assert test_images.shape == (TEST_SIZE, 28, 28) and len(test_labels) == TEST_SIZE
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (np.zeros((3, 28, 28)), np.zeros(2), "3 images but labels of shape"),
+        (np.zeros((3, 28, 27)), np.zeros(3), r"expected \(N, 28, 28\)"),
+        (np.zeros((2, 28, 28)), np.array([0, 10]), "found class 10"),
+    ],
+)
+def test_images_and_labels_that_do_not_belong_together_are_rejected(
+    images, labels, message
+) -> None:
+    with pytest.raises(StageError, match=message):
+        check_pair(images.astype(np.uint8), labels.astype(np.uint8), "train")
+
+
+def test_a_file_swapped_for_another_is_caught_by_its_checksum(
+    tmp_path: Path, raw_dir: Path
+) -> None:
+    for raw in RAW_FILES.values():
+        (tmp_path / raw.name).symlink_to(raw_dir / raw.name)
+    # test labels beside train images: both verify, but do not belong together
+    (tmp_path / RAW_FILES["train_labels"].name).unlink()
+    (tmp_path / RAW_FILES["train_labels"].name).symlink_to(raw_dir / RAW_FILES["test_labels"].name)
+    with pytest.raises(StageError, match="content sha256"):
+        read_images_and_labels(tmp_path, "train")
+
+
+def test_stratified_split_sizes_and_proportions(train_arrays) -> None:
+    _, labels = train_arrays
+    rest, chosen = stratified_split(labels, 10_000, seed=0)
+    assert len(chosen) == 10_000 and len(rest) == 50_000
+    assert not set(rest) & set(chosen)
+    assert set(class_counts(labels[chosen]).values()) == {1000}
+
+
+def test_stratified_split_uneven_quotas_sum_exactly() -> None:
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 3, dtype=np.uint8)
+    rest, chosen = stratified_split(labels, 4, seed=1)
+    assert len(chosen) == 4 and len(rest) == 11
+    counts = np.bincount(labels[chosen], minlength=3)
+    assert all(abs(counts[c] - 4 * n / 15) < 1 for c, n in enumerate([7, 5, 3]))
+
+
+def test_stratified_split_is_seeded() -> None:
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 50)
+    a = stratified_split(labels, 100, seed=0)[1]
+    assert np.array_equal(a, stratified_split(labels, 100, seed=0)[1])
+    assert not np.array_equal(a, stratified_split(labels, 100, seed=1)[1])

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import torch
+
+from stages.data import Images
+from stages.engine import augment, evaluate, seed_everything, train_epoch
+from stages.model import MLP, MLPConfig
+from stages.optim import build_loss, build_optimizer
+from stages.params import Params
+
+
+def train_briefly(
+    params: Params, data: tuple[Images, Images], epochs: int = 3, seed: int = 0
+) -> tuple[MLP, list]:
+    train, val = data
+    seed_everything(seed)
+    model = MLP(MLPConfig(hidden=(64,)))
+    loss_fn = build_loss(params.train)
+    opt = build_optimizer(model.parameters(), params.train, lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    history = [train_epoch(model, train, loss_fn, opt, 64, gen) for _ in range(epochs)]
+    return model, [*history, evaluate(model, val, loss_fn)]
+
+
+def test_training_on_real_images_learns(params: Params, small_data) -> None:
+    _, history = train_briefly(params, small_data)
+    *epochs, val = history
+    assert epochs[-1].loss < epochs[0].loss
+    assert val.accuracy > 0.6  # 10 classes: chance is 0.1
+
+
+def test_same_seed_same_weights(params: Params, small_data) -> None:
+    a, _ = train_briefly(params, small_data, epochs=1)
+    b, _ = train_briefly(params, small_data, epochs=1)
+    c, _ = train_briefly(params, small_data, epochs=1, seed=1)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb)
+    assert not torch.equal(pa, pc)
+
+
+def test_augment_flips_and_shifts_within_bounds() -> None:
+    x = torch.zeros(64, 28, 28)
+    x[:, 10:18, 4:8] = 1.0  # a bar left of centre
+    out = augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out.sum((1, 2)), x.sum((1, 2)))  # shifts of <= 2 px keep the bar inside
+    cols = out.sum(1).argmax(1)  # leftmost column of the bar after augmentation
+    assert (cols <= 6).any() and (cols >= 18).any()  # some kept left, some flipped right
+    assert len(set(cols.tolist())) > 2  # and shifted

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages.cli import StageError
+from stages.engine import predict_logits
+from stages.export import check_parity, export_onnx, onnx_logits
+from stages.model import MLP, MLPConfig
+
+
+def test_onnx_matches_pytorch_for_any_batch_size(tmp_path: Path, small_data) -> None:
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(64, 32), dropout=0.3)).eval()
+    export_onnx(model, tmp_path / "m.onnx", opset=18)
+    for n in (1, 7, 200):  # the batch axis is dynamic
+        images = small_data[1].images[:n].unsqueeze(1)
+        reference = predict_logits(model, images).numpy()
+        result = check_parity(
+            reference, onnx_logits(tmp_path / "m.onnx", images.numpy()), atol=1e-4
+        )
+        assert result["predictions_equal"] and result["max_abs_logit_diff"] <= 1e-4
+
+
+def test_parity_failure_reports_the_largest_difference() -> None:
+    reference = np.zeros((4, 10), np.float32)
+    reference[:, 0] = 1.0
+    other = reference.copy()
+    other[2, 5] = 0.25
+    with pytest.raises(
+        StageError, match=r"max \|logit difference\| 0\.25 \(allowed 0\.0001\), 0 of 4"
+    ):
+        check_parity(reference, other, atol=1e-4)
+    other[3, 9] = 2.0
+    with pytest.raises(StageError, match="1 of 4 predictions differ"):
+        check_parity(reference, other, atol=10.0)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.cli import StageError
+from stages.params import Params, load_params, parse_params
+
+from .conftest import ROOT
+
+
+@pytest.fixture()
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_value(raw: dict, dotted: str, value: object) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return raw
+
+
+def error_of(raw: object) -> str:
+    with pytest.raises(StageError) as e:
+        parse_params(raw)
+    return str(e.value)
+
+
+def test_project_params_are_valid(params: Params) -> None:
+    assert params.train.optimizer in ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+    assert params.split.val_size < 60_000
+
+
+def test_unknown_key_suggests_the_close_one(raw: dict) -> None:
+    message = error_of(with_value(raw, "train.lrr", 0.1))
+    assert "train.lrr: unknown key; did you mean 'lr'?" in message
+
+
+def test_unknown_section_suggests_the_close_one(raw: dict) -> None:
+    raw["trian"] = {}
+    assert "did you mean 'train'?" in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train.lr", -1.0, "train.lr = -1.0: Input should be greater than 0"),
+        ("train.batch_size", 0, "train.batch_size = 0: Input should be greater than 0"),
+        ("train.epochs", -1, "train.epochs = -1"),
+        ("train.batch_size", "64", "train.batch_size = '64': Input should be a valid integer"),
+        ("train.epochs", 1.5, "train.epochs = 1.5"),
+        ("train.optimizer", "adamx", "train.optimizer = 'adamx': Input should be 'sgd', 'adam'"),
+        ("train.scheduler", "cyclic", "train.scheduler = 'cyclic'"),
+        ("train.loss", "mse", "train.loss = 'mse'"),
+        ("split.val_size", 60_000, "split.val_size = 60000 must be smaller than the 60000"),
+        ("export.model", "best", "export.model = 'best'"),
+    ],
+)
+def test_bad_value_names_key_value_and_allowed(
+    raw: dict, key: str, value: object, expected: str
+) -> None:
+    assert expected in error_of(with_value(raw, key, value))
+
+
+def test_scheduler_args_that_belong_to_another_scheduler_are_rejected(raw: dict) -> None:
+    message = error_of(with_value(raw, "train.schedulers.step.pct_start", 0.3))
+    assert "train.schedulers.step.pct_start: unknown key" in message
+    assert "allowed here: gamma, step_size" in message
+
+
+def test_val_size_must_fit_in_the_subset(raw: dict) -> None:
+    raw = with_value(with_value(raw, "split.subset", 500), "split.val_size", 500)
+    assert "split.val_size = 500 must be smaller than the 500 images" in error_of(raw)
+
+
+def test_missing_key_is_reported(raw: dict) -> None:
+    del raw["train"]["lr"]
+    assert "train.lr: missing" in error_of(raw)
+
+
+def test_floats_in_exponent_form_are_floats(tmp_path: Path, raw: dict) -> None:
+    # PyYAML reads `1e-4` as a string (YAML 1.1); DVC's -S writes it so (YAML 1.2).
+    text = yaml.safe_dump(with_value(raw, "train.lr", "LR")).replace("lr: LR", "lr: 1e-4")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.lr == pytest.approx(1e-4)
+
+
+def test_invalid_yaml_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train: {lr: [\n")
+    with pytest.raises(StageError, match="is not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_missing_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="not found"):
+        load_params(tmp_path / "params.yaml")
