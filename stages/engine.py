@@ -24,6 +24,7 @@ from tqdm import tqdm
 from stages.cli import StageError
 from stages.data import Images
 from stages.files import atomic_dir
+from stages.model import predict_logits
 from stages.optim import LossFn
 
 MAX_SHIFT = 2
@@ -105,12 +106,6 @@ def train_epoch(
         total_loss += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
     return Stats(total_loss.item() / len(data), correct.item() / len(data))
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def evaluate(model: nn.Module, data: Images, loss_fn: LossFn) -> Stats:

@@ -23,8 +23,8 @@ from torchmetrics.functional.classification import (
 from stages.checkpoints import load_model
 from stages.cli import run_stage
 from stages.data import CLASSES, Images, load_split
-from stages.engine import predict_logits
 from stages.files import atomic_dir, write_json
+from stages.model import predict_logits
 from stages.params import load_params
 from stages.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
 

@@ -19,9 +19,8 @@ import torch
 from stages.checkpoints import load_model
 from stages.cli import StageError, run_stage
 from stages.data import CLASSES, IMAGE_SIDE, load_split
-from stages.engine import predict_logits
 from stages.files import atomic_dir, sha256_file, write_json
-from stages.model import MLP
+from stages.model import MLP, predict_logits
 from stages.params import Params, load_params
 from stages.paths import (
     EXPORT_CARD,

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from stages.cli import StageError
-from stages.engine import predict_logits
 from stages.export import check_parity, export_onnx, onnx_logits
-from stages.model import MLP, MLPConfig
+from stages.model import MLP, MLPConfig, predict_logits
 
 
 def test_onnx_matches_pytorch_for_any_batch_size(tmp_path: Path, small_data) -> None:

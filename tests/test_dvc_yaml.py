@@ -1,0 +1,105 @@
+"""dvc.yaml is the architecture: check that it says what the code does."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import paths
+
+from .conftest import ROOT
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = DVC_YAML["stages"]
+PIPELINE = ["download", "split", "train", "swa", "evaluate", "export"]
+
+
+def project_imports(module: str) -> set[str]:
+    """Modules of the `stages` package that `module` imports, directly or transitively."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("stages.")
+            ):
+                todo.append(node.module.removeprefix("stages."))
+    return seen
+
+
+def code_deps(stage: dict) -> set[str]:
+    return {
+        d.removeprefix("stages/").removesuffix(".py")
+        for d in stage["deps"]
+        if d.startswith("stages/")
+    }
+
+
+def test_the_pipeline_has_the_six_stages_in_order() -> None:
+    assert list(STAGES) == PIPELINE
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_each_stage_runs_its_own_module(name: str) -> None:
+    assert STAGES[name]["cmd"] == f"python -m stages.{name}"
+    assert "def main() -> None:" in (ROOT / "stages" / f"{name}.py").read_text()
+
+
+@pytest.mark.parametrize("name", PIPELINE)
+def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
+    # stages/__init__.py holds only a docstring, so it is not listed.
+    assert code_deps(STAGES[name]) == project_imports(name)
+
+
+def all_declared_paths() -> set[str]:
+    declared = set()
+    for stage in STAGES.values():
+        declared |= {d for d in stage.get("deps", []) if not d.startswith("stages/")}
+        declared |= set(stage.get("outs", []))
+    return declared
+
+
+def test_every_path_in_the_code_is_declared_in_dvc_yaml() -> None:
+    declared = all_declared_paths()
+    constants = [v for v in vars(paths).values() if isinstance(v, Path)]
+    constants += list(paths.MODELS.values())
+    for path in map(str, constants):  # a declared path, inside one, or a folder of several
+        assert any(
+            path == d or path.startswith(d + "/") or d.startswith(path + "/") for d in declared
+        ), path
+
+
+def test_every_out_is_a_dep_of_a_later_stage_or_a_final_product() -> None:
+    finals = {"models/export", "metrics/train", "metrics/swa", "metrics/eval", "metrics/test.json"}
+    for i, name in enumerate(PIPELINE):
+        later_deps = {d for later in PIPELINE[i + 1 :] for d in STAGES[later]["deps"]}
+        for out in STAGES[name]["outs"]:
+            assert out in later_deps or out in finals, f"{name} writes {out}, which nothing reads"
+
+
+def test_metrics_and_plots_point_into_stage_outputs() -> None:
+    outs = [o for s in STAGES.values() for o in s["outs"]]
+    files = list(DVC_YAML["metrics"])
+    for plot in DVC_YAML["plots"]:
+        if isinstance(plot, str):
+            files.append(plot)
+        else:
+            (props,) = plot.values()
+            files += list(props["y"])
+    for f in files:
+        assert any(f == o or f.startswith(o + "/") for o in outs), f
+
+
+def test_the_exported_model_is_a_registered_artifact() -> None:
+    (artifact,) = DVC_YAML["artifacts"].values()
+    assert artifact["type"] == "model" and artifact["path"] == str(paths.EXPORT_DIR)
