@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make repro` runs the pipeline, `make test` runs the tests.
+# Both first install what they need: uv (if missing), the locked environment, the dataset.
+
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: help setup dataset repro test lint
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+setup: ## install uv if missing, the locked environment (.venv) and the dataset
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
+		|| python3 -m pip install --quiet uv
+	$(UV) sync --locked
+	@$(MAKE) --no-print-directory dataset
+
+dataset: ## install Debian's FashionMNIST (offline source); elsewhere the mirrors are used
+	@if [ -f $(DATASET) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "no apt-get: the download stage will fetch from the mirrors in params.yaml"; fi
+
+repro: setup ## run the default pipeline: download → split → train → swa → evaluate → export
+	$(UV) run --locked dvc repro
+
+test: setup ## run the test suite (unit and end-to-end)
+	$(UV) run --locked pytest
+
+lint: setup ## ruff lint and format check
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .

@@ -1,0 +1,83 @@
+"""A temporary git + DVC project holding a copy of this pipeline, run with real `dvc` commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..conftest import ROOT
+
+PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]
+
+# A quick run on real data: 3,000 training images, 2 + 2 epochs; the 10,000 test images stay.
+SMALL = {
+    "split": {"subset": 3000, "val_size": 500},
+    "train": {"epochs": 2, "batch_size": 128},
+    "swa": {"epochs": 2},
+    "evaluate": {"misclassified_grid": 3},
+}
+
+
+def merged(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+class Project:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        }  # fmt: skip
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            args, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=600
+        )
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def set_params(self, override: dict) -> None:
+        params = self.path / "params.yaml"
+        params.write_text(
+            yaml.safe_dump(merged(yaml.safe_load(params.read_text()), override), sort_keys=False)
+        )
+
+    def read(self, relative: str) -> str:
+        return (self.path / relative).read_text()
+
+
+def make_project(path: Path, override: dict) -> Project:
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, path / name)
+    project = Project(path)
+    project.set_params(override)
+    project.run("git", "init", "-q", "-b", "main")
+    project.run("dvc", "init", "-q")
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "pipeline")
+    return project
+
+
+@pytest.fixture(scope="module")
+def small_project(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Project:
+    return make_project(tmp_path_factory.mktemp("project"), SMALL)
