@@ -25,7 +25,7 @@ from stages.cli import StageError
 from stages.data import Images
 from stages.files import atomic_dir
 from stages.model import predict_logits
-from stages.optim import LossFn
+from stages.optim import LossFn, current_lr
 
 MAX_SHIFT = 2
 
@@ -114,6 +114,37 @@ def evaluate(model: nn.Module, data: Images, loss_fn: LossFn) -> Stats:
         loss_fn(logits, data.labels).item(),
         (logits.argmax(1) == data.labels).float().mean().item(),
     )
+
+
+def fit(
+    model: nn.Module,
+    train_data: Images,
+    val_data: Images,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    log: EpochLog,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    use_augment: bool,
+    after_step: Callable[[], object] | None = None,
+    after_epoch: Callable[[], object] | None = None,
+    scored: nn.Module | None = None,
+) -> None:
+    """Train for `epochs`, logging the validation score of `scored` (default: `model`) before
+    the first epoch and after each one."""
+    scored = scored or model
+    log.log(0, current_lr(optimizer), None, evaluate(scored, val_data, loss_fn))
+    for epoch in range(1, epochs + 1):
+        lr = current_lr(optimizer)
+        stats = train_epoch(
+            model, train_data, loss_fn, optimizer, batch_size, generator,
+            use_augment=use_augment, after_step=after_step,
+        )  # fmt: skip
+        if after_epoch is not None:
+            after_epoch()
+        log.log(epoch, lr, stats, evaluate(scored, val_data, loss_fn))
 
 
 def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

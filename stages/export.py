@@ -51,6 +51,19 @@ def export_onnx(model: MLP, path: Path, opset: int) -> None:
             external_data=False,
             verbose=False,
         )
+    strip_debug_metadata(path)
+
+
+def strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug info: it holds stack traces with absolute source
+    paths, so the same model exported from another checkout would get another hash."""
+    import onnx
+
+    model = onnx.load(path)
+    for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        for node in graph_nodes:
+            del node.metadata_props[:]
+    onnx.save(model, path)
 
 
 def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:

@@ -18,16 +18,8 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from stages.checkpoints import load_model, save_model
 from stages.cli import run_stage
 from stages.data import Images, load_split
-from stages.engine import (
-    EpochLog,
-    batches,
-    epoch_log,
-    evaluate,
-    resolve_device,
-    seed_everything,
-    train_epoch,
-)
-from stages.optim import build_loss, build_optimizer, current_lr
+from stages.engine import EpochLog, batches, epoch_log, fit, resolve_device, seed_everything
+from stages.optim import build_loss, build_optimizer
 from stages.params import Swa, Train, load_params
 from stages.paths import SWA_LIVE, SWA_MODEL, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 
@@ -51,17 +43,17 @@ def average_weights(
         anneal_epochs=cfg.anneal_epochs,
         anneal_strategy=cfg.anneal_strategy,
     )
-    shuffle = torch.Generator().manual_seed(cfg.seed)
-    log.log(0, current_lr(optimizer), None, evaluate(model, val_data, loss_fn))
-    for epoch in range(1, cfg.epochs + 1):
-        lr = current_lr(optimizer)
-        stats = train_epoch(
-            model, train_data, loss_fn, optimizer, train_cfg.batch_size, shuffle,
-            use_augment=train_cfg.augment,
-        )  # fmt: skip
+
+    def average_and_anneal() -> None:
         swa_model.update_parameters(model)
         swa_scheduler.step()
-        log.log(epoch, lr, stats, evaluate(swa_model.module, val_data, loss_fn))
+
+    fit(
+        model, train_data, val_data, loss_fn, optimizer, log,
+        epochs=cfg.epochs, batch_size=train_cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed), use_augment=train_cfg.augment,
+        after_epoch=average_and_anneal, scored=swa_model.module,
+    )  # fmt: skip
     update_bn(
         batches(train_data.images, train_cfg.batch_size), swa_model, device=val_data.labels.device
     )

@@ -11,14 +11,7 @@ import torch
 from stages.checkpoints import save_model
 from stages.cli import run_stage
 from stages.data import load_split
-from stages.engine import (
-    epoch_log,
-    evaluate,
-    resolve_device,
-    seed_everything,
-    steps_per_epoch,
-    train_epoch,
-)
+from stages.engine import epoch_log, fit, resolve_device, seed_everything, steps_per_epoch
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
 from stages.params import load_params
@@ -32,31 +25,24 @@ def main() -> None:
     seed_everything(cfg.seed)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
-    model = MLP(MLPConfig(hidden=tuple(params.model.hidden), dropout=params.model.dropout)).to(
-        device
-    )
+    config = MLPConfig(hidden=tuple(params.model.hidden), dropout=params.model.dropout)
+    model = MLP(config).to(device)
     loss_fn = build_loss(cfg)
     optimizer = build_optimizer(model.parameters(), cfg, cfg.lr)
-    scheduler, per_batch = build_scheduler(
-        optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size)
-    )
-    shuffle = torch.Generator().manual_seed(cfg.seed)
+    steps = steps_per_epoch(len(train_data), cfg.batch_size)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, steps)
+    step = scheduler.step if scheduler is not None else None
 
     print(
         f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}, {cfg.optimizer}, {cfg.scheduler}"
     )
     with epoch_log(TRAIN_LIVE, "train", cfg.epochs) as log:
-        log.log(0, current_lr(optimizer), None, evaluate(model, val_data, loss_fn))
-        for epoch in range(1, cfg.epochs + 1):
-            lr = current_lr(optimizer)
-            stats = train_epoch(
-                model, train_data, loss_fn, optimizer, cfg.batch_size, shuffle,
-                use_augment=cfg.augment,
-                after_step=scheduler.step if per_batch else None,
-            )  # fmt: skip
-            if scheduler is not None and not per_batch:
-                scheduler.step()
-            log.log(epoch, lr, stats, evaluate(model, val_data, loss_fn))
+        fit(
+            model, train_data, val_data, loss_fn, optimizer, log,
+            epochs=cfg.epochs, batch_size=cfg.batch_size,
+            generator=torch.Generator().manual_seed(cfg.seed), use_augment=cfg.augment,
+            after_step=step if per_batch else None, after_epoch=None if per_batch else step,
+        )  # fmt: skip
     save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
     print(f"wrote {TRAIN_MODEL}")
 

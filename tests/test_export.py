@@ -36,3 +36,11 @@ def test_parity_failure_reports_the_largest_difference() -> None:
     other[3, 9] = 2.0
     with pytest.raises(StageError, match="1 of 4 predictions differ"):
         check_parity(reference, other, atol=10.0)
+
+
+def test_export_carries_no_source_paths(tmp_path: Path) -> None:
+    # the exporter records stack traces with absolute paths; they would make the hash depend
+    # on where the project is checked out
+    export_onnx(MLP(MLPConfig(hidden=(8,))), tmp_path / "m.onnx", opset=18)
+    content = (tmp_path / "m.onnx").read_bytes()
+    assert b"stack_trace" not in content and b"stages/model.py" not in content
