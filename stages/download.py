@@ -25,7 +25,7 @@ from stages.paths import RAW_DIR
 def fetch_local(raw: RawFile, source_dir: Path) -> bytes:
     path = source_dir / raw.name
     if not path.is_file():
-        raise StageError(f"{path} does not exist")
+        raise StageError(f"no {raw.name} there (the directory does not exist or lacks it)")
     gz = path.read_bytes()
     decompress_verified(gz, raw)
     return gz
@@ -41,12 +41,14 @@ def fetch_url(raw: RawFile, mirror: str, timeout_s: float) -> bytes:
                 while chunk := response.read(1 << 16):
                     chunks.append(chunk)
                     bar.update(len(chunk))
+    except urllib.error.HTTPError as e:
+        raise StageError(f"HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise StageError(f"{url}: {getattr(e, 'reason', e)}") from None
+        raise StageError(str(getattr(e, "reason", e))) from None
     gz = b"".join(chunks)
     md5 = hashlib.md5(gz).hexdigest()
     if md5 != raw.md5:
-        raise StageError(f"{url}: gz md5 is {md5}, expected {raw.md5}")
+        raise StageError(f"gz md5 is {md5}, expected {raw.md5}")
     decompress_verified(gz, raw)
     return gz
 
@@ -60,7 +62,7 @@ def fetch(raw: RawFile, cfg: Download) -> bytes:
         try:
             gz = attempt()
         except StageError as e:
-            failures.append(f"  - {e}")
+            failures.append(f"  - {source}: {e}")
             continue
         print(f"{raw.name}: verified, from {source}", flush=True)
         return gz
