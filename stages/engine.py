@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from stages.cli import StageError
 from stages.data import Images
-from stages.files import atomic_dir
+from stages.files import atomic_dir, write_json
 from stages.model import predict_logits
 from stages.optim import LossFn, current_lr
 
@@ -40,13 +41,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, device: torch.device) -> None:
     """Seed every RNG a run touches; see PyTorch's notes on randomness for the limits."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        # The CPU kernels used here are deterministic already; on CUDA, indexing's backward
+        # and cuBLAS need this. (It costs ~1 s of imports, so CPU runs skip it.)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -159,6 +163,7 @@ class EpochLog:
         self.live, self.name, self.epochs = live, name, epochs
         self.bar = tqdm(total=epochs, desc=name, unit="epoch", disable=not sys.stderr.isatty())
         self.started = self.last = time.perf_counter()
+        self.epoch_seconds: list[float] = []
 
     def log(self, epoch: int, lr: float, train: Stats | None, val: Stats) -> None:
         metrics = {"lr": lr, "val/loss": val.loss, "val/acc": val.accuracy}
@@ -169,6 +174,8 @@ class EpochLog:
         self.live.next_step()
 
         now = time.perf_counter()
+        if train is not None:
+            self.epoch_seconds.append(now - self.last)
         seen = f"train loss {train.loss:.4f} acc {train.accuracy:.4f} | " if train else ""
         line = (
             f"{self.name} epoch {epoch}/{self.epochs}  lr {lr:.2e}  {seen}"
@@ -181,14 +188,24 @@ class EpochLog:
             self.bar.write(line)
             self.bar.update()
 
+    def timing(self) -> dict[str, float]:
+        """Wall-clock figures for `dvc exp show`; the one output that differs run to run."""
+        epochs = self.epoch_seconds
+        median = statistics.median(epochs) if epochs else 0.0
+        return {
+            "seconds": round(time.perf_counter() - self.started, 2),
+            "epoch_seconds": round(median, 3),
+        }
+
     def close(self) -> None:
         self.bar.close()
         print(f"{self.name}: {time.perf_counter() - self.started:.1f} s", flush=True)
 
 
 @contextlib.contextmanager
-def epoch_log(live_dir: Path, name: str, epochs: int) -> Iterator[EpochLog]:
-    """dvclive logging into a staging directory that replaces `live_dir` only on success."""
+def epoch_log(live_dir: Path, timing_file: Path, name: str, epochs: int) -> Iterator[EpochLog]:
+    """dvclive logging into a staging directory that replaces `live_dir` only on success, then
+    the run's wall-clock timing to `timing_file`."""
     from dvclive import Live  # imports dvc: pay for it only in the stages that log
 
     with atomic_dir(live_dir) as staging:
@@ -199,3 +216,4 @@ def epoch_log(live_dir: Path, name: str, epochs: int) -> Iterator[EpochLog]:
         finally:
             log.close()
         live.end()
+    write_json(timing_file, log.timing())

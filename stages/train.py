@@ -15,14 +15,14 @@ from stages.engine import epoch_log, fit, resolve_device, seed_everything, steps
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
 from stages.params import load_params
-from stages.paths import TRAIN_DATA, TRAIN_LIVE, TRAIN_MODEL, VAL_DATA
+from stages.paths import TRAIN_DATA, TRAIN_LIVE, TRAIN_MODEL, TRAIN_TIMING, VAL_DATA
 
 
 def main() -> None:
     params = load_params()
     cfg = params.train
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed, device)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
     config = MLPConfig(hidden=tuple(params.model.hidden), dropout=params.model.dropout)
@@ -36,7 +36,7 @@ def main() -> None:
     print(
         f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}, {cfg.optimizer}, {cfg.scheduler}"
     )
-    with epoch_log(TRAIN_LIVE, "train", cfg.epochs) as log:
+    with epoch_log(TRAIN_LIVE, TRAIN_TIMING, "train", cfg.epochs) as log:
         fit(
             model, train_data, val_data, loss_fn, optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size,

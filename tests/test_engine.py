@@ -13,7 +13,7 @@ def train_briefly(
     params: Params, data: tuple[Images, Images], epochs: int = 3, seed: int = 0
 ) -> tuple[MLP, list]:
     train, val = data
-    seed_everything(seed)
+    seed_everything(seed, torch.device("cpu"))
     model = MLP(MLPConfig(hidden=(64,)))
     loss_fn = build_loss(params.train)
     opt = build_optimizer(model.parameters(), params.train, lr=2e-3)

@@ -13,6 +13,7 @@ import yaml
 
 from ..conftest import ROOT
 
+STAGES = ["download", "split", "train", "swa", "evaluate", "export"]
 PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]
 
 # A quick run on real data: 3,000 training images, 2 + 2 epochs; the 10,000 test images stay.
@@ -61,6 +62,17 @@ class Project:
     def read(self, relative: str) -> str:
         return (self.path / relative).read_text()
 
+    def assert_clean(self) -> None:
+        """The workspace holds the last commit's outputs: every dvc.lock hash but the timings
+        (run-cache may restore the timing of another run with the same inputs) is equal.
+        Then the committed timings are checked out too, so the next test starts clean."""
+        committed = lock_hashes(self.run("git", "show", "HEAD:dvc.lock").stdout)
+        assert lock_hashes(self.read("dvc.lock")) == committed
+        self.run("git", "checkout", "-q", "dvc.lock")
+        self.run("dvc", "checkout", "-q")
+        status = self.run("git", "status", "--porcelain").stdout
+        assert status == "", f"the workspace differs from the last commit:\n{status}"
+
 
 def make_project(path: Path, override: dict) -> Project:
     for name in PROJECT_FILES:
@@ -78,6 +90,28 @@ def make_project(path: Path, override: dict) -> Project:
     return project
 
 
-@pytest.fixture(scope="module")
-def small_project(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Project:
-    return make_project(tmp_path_factory.mktemp("project"), SMALL)
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Project:
+    """A project whose pipeline ran once (`dvc repro`) and was committed with its dvc.lock.
+
+    Shared by the end-to-end tests; each one leaves the workspace as it found it."""
+    project = make_project(tmp_path_factory.mktemp("project"), SMALL)
+    result = project.run("dvc", "repro")
+    assert stages_run(result) == set(STAGES), result.stdout
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "reproduce the pipeline")
+    return project
+
+
+def lock_hashes(lock_text: str) -> dict[str, str]:
+    """md5 of every out in a dvc.lock but the wall-clock timings, which differ by nature."""
+    lock = yaml.safe_load(lock_text)
+    outs = [out for stage in lock["stages"].values() for out in stage["outs"]]
+    return {
+        out["path"]: out["md5"] for out in outs if not out["path"].startswith("metrics/timing/")
+    }
+
+
+def stages_run(result: subprocess.CompletedProcess[str]) -> set[str]:
+    """The stages whose command DVC actually ran (not skipped, not restored from the cache)."""
+    return {s for s in STAGES if f"> python -m stages.{s}\n" in result.stdout}

@@ -1,0 +1,58 @@
+"""Only what changed reruns: one params key of each stage's group, one line of each module.
+
+After each change the test switches back and reruns: every stage must then come from DVC's
+run-cache (no stage command runs) and the workspace must equal the last commit again.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import STAGES, Project, stages_run
+
+pytestmark = pytest.mark.e2e
+
+DOWNSTREAM_OF = {s: set(STAGES[i:]) for i, s in enumerate(STAGES)}
+
+PARAM_CHANGES = [
+    # a download key reruns download; its files come out byte-identical, so nothing after it
+    ({"download": {"timeout_s": 31.0}}, {"download"}),
+    ({"split": {"seed": 1}}, DOWNSTREAM_OF["split"]),
+    ({"train": {"lr": 0.004}}, DOWNSTREAM_OF["train"]),
+    ({"swa": {"lr": 0.002}}, DOWNSTREAM_OF["swa"]),
+    # the grid changes metrics/eval, which nothing reads; metrics/test.json stays the same
+    ({"evaluate": {"misclassified_grid": 2}}, {"evaluate"}),
+    ({"export": {"atol": 2.0e-4}}, {"export"}),
+]
+
+# A comment changes no output, so a module edit reruns exactly the stages that import it.
+# (Which shared module each stage imports is checked statically by tests/test_dvc_yaml.py.)
+MODULE_EDITS = [(f"stages/{s}.py", {s}) for s in STAGES] + [("stages/optim.py", {"train", "swa"})]
+
+
+def assert_switching_back_recomputes_nothing(project: Project, changed: str) -> None:
+    project.run("git", "checkout", "-q", changed)
+    result = project.run("dvc", "repro")
+    assert stages_run(result) == set(), result.stdout
+    project.assert_clean()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"), PARAM_CHANGES, ids=[next(iter(o)) for o, _ in PARAM_CHANGES]
+)
+def test_a_params_change_reruns_its_stage_and_what_depends_on_it(
+    reproduced: Project, override: dict, expected: set[str]
+) -> None:
+    reproduced.set_params(override)
+    assert stages_run(reproduced.run("dvc", "repro")) == expected
+    assert_switching_back_recomputes_nothing(reproduced, "params.yaml")
+
+
+@pytest.mark.parametrize(("module", "expected"), MODULE_EDITS, ids=[m for m, _ in MODULE_EDITS])
+def test_a_module_edit_reruns_the_stages_that_import_it(
+    reproduced: Project, module: str, expected: set[str]
+) -> None:
+    with (reproduced.path / module).open("a") as f:
+        f.write("# an edit that changes no behaviour\n")
+    assert stages_run(reproduced.run("dvc", "repro")) == expected
+    assert_switching_back_recomputes_nothing(reproduced, module)
