@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset repro test lint
+.PHONY: help setup dataset repro test lint exps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -32,3 +32,8 @@ test: setup ## run the test suite (unit and end-to-end)
 lint: setup ## ruff lint and format check
 	$(UV) run --locked ruff check .
 	$(UV) run --locked ruff format --check .
+
+exps: ## compare experiments: test scores, times and the params that differ
+	@$(UV) run --locked dvc exp show --no-pager --only-changed --precision 4 \
+		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
+		--keep 'accuracy|f1_macro|train.json:seconds'

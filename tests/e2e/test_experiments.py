@@ -1,0 +1,94 @@
+"""Experiments: `dvc exp run -S`, the queue, and comparing them with exp show/diff, plots diff."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Project
+
+pytestmark = pytest.mark.e2e
+
+METRIC_FILES = {"metrics/test.json", "metrics/timing/train.json", "metrics/timing/swa.json"}
+
+
+def experiments(project: Project) -> dict[str, dict]:
+    """Name -> {state, params, metrics} of every experiment of the current commit; `state` is
+    the queue executor's ("success", "failed", ...) or, for a workspace run, "success"."""
+    rows = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    found = {}
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev.get("data") or {}
+                found[rev.get("name") or exp["name"]] = {
+                    "state": (exp.get("executor") or {}).get(
+                        "state", "success" if not rev.get("error") else "failed"
+                    ),
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": {k: v.get("data", {}) for k, v in data.get("metrics", {}).items()},
+                }
+    return found
+
+
+def restore_workspace(project: Project) -> None:
+    project.run("git", "checkout", "-q", "--", ".")
+    project.run("dvc", "checkout", "-q")
+    project.assert_clean()
+
+
+@pytest.fixture(scope="module")
+def sgd_experiment(reproduced: Project) -> str:
+    reproduced.assert_clean()
+    reproduced.run(
+        "dvc", "exp", "run", "-n", "sgd-fast", "-S", "train.optimizer=sgd", "-S", "train.lr=0.05"
+    )
+    restore_workspace(reproduced)
+    return "sgd-fast"
+
+
+def test_exp_run_with_set_params_records_params_and_metrics(
+    reproduced: Project, sgd_experiment: str
+) -> None:
+    exp = experiments(reproduced)[sgd_experiment]
+    assert exp["params"]["train"]["optimizer"] == "sgd" and exp["params"]["train"]["lr"] == 0.05
+    assert set(exp["metrics"]) == METRIC_FILES
+    assert 0 < exp["metrics"]["metrics/test.json"]["swa"]["accuracy"] <= 1
+    assert exp["metrics"]["metrics/timing/train.json"]["seconds"] > 0
+
+
+def test_exp_diff_and_plots_diff_compare_with_the_baseline(
+    reproduced: Project, sgd_experiment: str, tmp_path: Path
+) -> None:
+    diff = json.loads(reproduced.run("dvc", "exp", "diff", "HEAD", sgd_experiment, "--json").stdout)
+    assert "swa.accuracy" in diff["metrics"]["metrics/test.json"]
+    assert diff["params"]["params.yaml"]["train.optimizer"] == {"old": "adamw", "new": "sgd"}
+    reproduced.run("dvc", "plots", "diff", "HEAD", sgd_experiment, "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert sgd_experiment in html and "Confusion matrix (test, SWA model)" in html
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_in_parallel_workers(reproduced: Project) -> None:
+    reproduced.run("dvc", "exp", "run", "--queue", "-S", "swa.lr=0.0005,0.002")
+    reproduced.run("dvc", "queue", "start", "--jobs", "2")
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        status = reproduced.run("dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"queue did not finish:\n{status}")
+    done = [
+        e
+        for e in experiments(reproduced).values()
+        if e["params"].get("swa", {}).get("lr") in (0.0005, 0.002)
+    ]
+    assert len(done) == 2, status
+    assert all(e["state"] == "success" for e in done), done
+    assert all(set(e["metrics"]) == METRIC_FILES for e in done)
+    reproduced.assert_clean()

@@ -1,0 +1,144 @@
+"""Any version's model: dvc get/artifacts get of a tag, a commit or an experiment; the Python
+API and the predict command; a DVC remote that restores a tagged model without retraining."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file
+
+from stages.checkpoints import load_model as load_model_file
+from stages.data import CLASSES
+from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
+from stages.registry import load_model
+
+from .conftest import Project
+
+pytestmark = pytest.mark.e2e
+
+TAG = "fashion-mlp@v1.0.0"  # the form `dvc artifacts get --rev v1.0.0` resolves (GTO)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tagged(reproduced: Project) -> Project:
+    reproduced.run("git", "tag", "-a", TAG, "-m", "first release")
+    return reproduced
+
+
+def test_dvc_get_and_artifacts_get_fetch_the_tagged_model(tagged: Project, tmp_path: Path) -> None:
+    expected = digest(tagged.path / EXPORT_WEIGHTS)
+    tagged.run(
+        "dvc",
+        "get",
+        str(tagged.path),
+        str(EXPORT_DIR),
+        "--rev",
+        TAG,
+        "-o",
+        str(tmp_path / "by-tag"),
+    )
+    commit = tagged.run("git", "rev-parse", "HEAD").stdout.strip()
+    tagged.run(
+        "dvc",
+        "get",
+        str(tagged.path),
+        str(EXPORT_DIR),
+        "--rev",
+        commit,
+        "-o",
+        str(tmp_path / "by-commit"),
+    )
+    tagged.run(
+        "dvc",
+        "artifacts",
+        "get",
+        str(tagged.path),
+        "fashion-mlp",
+        "--rev",
+        "v1.0.0",
+        "-o",
+        str(tmp_path / "artifact"),
+    )
+    for folder in ("by-tag", "by-commit", "artifact"):
+        assert digest(tmp_path / folder / EXPORT_WEIGHTS.name) == expected, folder
+        assert (tmp_path / folder / "model.onnx").is_file()
+
+
+def test_load_model_of_a_tag_and_of_an_experiment(tagged: Project) -> None:
+    tagged.run(
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        "wider-dropout",
+        "-S",
+        "model.dropout=0.5",
+        "-S",
+        "train.epochs=1",
+    )
+    tagged.run("git", "checkout", "-q", "--", ".")
+    tagged.run("dvc", "checkout", "-q")
+    at_tag = load_model(rev=TAG, repo=str(tagged.path))
+    exp = load_model(rev="wider-dropout", repo=str(tagged.path))
+    workspace, _ = load_model_file(tagged.path / EXPORT_WEIGHTS)
+    for key, value in workspace.state_dict().items():
+        assert torch.equal(at_tag.state_dict()[key], value)
+    assert not exp.training and exp.config.dropout == 0.5
+    assert not torch.equal(exp.state_dict()["net.1.weight"], workspace.state_dict()["net.1.weight"])
+
+
+def test_predict_classifies_image_files_with_a_tagged_model(
+    tagged: Project, tmp_path: Path
+) -> None:
+    test = load_file(tagged.path / TEST_DATA)
+    paths = []
+    for i in range(20):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(test["images"][i]).save(paths[-1])
+    inverted = tmp_path / "photo-on-white.png"  # dark on light and larger: inverted and resized
+    Image.fromarray(255 - test["images"][0]).resize((112, 112)).save(inverted)
+    result = tagged.run(
+        "python",
+        "-m",
+        "stages.predict",
+        *map(str, paths),
+        str(inverted),
+        "--rev",
+        TAG,
+        "--top",
+        "2",
+    )
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 21
+
+    predicted = [line.split(": ")[1].split(" ")[0] for line in lines[:20]]
+    correct = sum(
+        CLASSES[label].startswith(p)
+        for p, label in zip(predicted, test["labels"][:20], strict=True)
+    )
+    assert correct >= 14, lines  # the small test model scores ~0.8
+    assert lines[20].split(": ")[1].split(" ")[0] == predicted[0]
+
+
+def test_push_then_pull_a_tagged_model_in_a_fresh_clone(tagged: Project, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    tagged.run("dvc", "remote", "add", "--local", "-d", "store", str(remote))
+    tagged.run("dvc", "push", "-q")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(tagged.path), str(clone)], check=True, env=tagged.env)
+    fresh = Project(clone)
+    fresh.run("git", "checkout", "-q", TAG)
+    fresh.run("dvc", "remote", "add", "--local", "-d", "store", str(remote))
+    fresh.run("dvc", "pull", "-q", "export")
+    for name in ("model.safetensors", "model.onnx", "model_card.json"):
+        assert digest(clone / EXPORT_DIR / name) == digest(tagged.path / EXPORT_DIR / name)
+    assert not (clone / "models" / "train.safetensors").exists()  # only what was asked for
