@@ -24,16 +24,16 @@ dataset: ## install Debian's FashionMNIST (offline source); elsewhere the mirror
 	else echo "no apt-get: the download stage will fetch from the mirrors in params.yaml"; fi
 
 repro: setup ## run the default pipeline: download → split → train → swa → evaluate → export
-	$(UV) run --locked dvc repro
+	$(UV) run --no-sync dvc repro
 
 test: setup ## run the test suite (unit and end-to-end)
-	$(UV) run --locked pytest
+	$(UV) run --no-sync pytest
 
 lint: setup ## ruff lint and format check
-	$(UV) run --locked ruff check .
-	$(UV) run --locked ruff format --check .
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
 
 exps: ## compare experiments: test scores, times and the params that differ
-	@$(UV) run --locked dvc exp show --no-pager --only-changed --precision 4 \
+	@$(UV) run --no-sync dvc exp show --only-changed --precision 4 \
 		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
 		--keep 'accuracy|f1_macro|train.json:seconds'
