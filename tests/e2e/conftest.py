@@ -115,3 +115,9 @@ def lock_hashes(lock_text: str) -> dict[str, str]:
 def stages_run(result: subprocess.CompletedProcess[str]) -> set[str]:
     """The stages whose command DVC actually ran (not skipped, not restored from the cache)."""
     return {s for s in STAGES if f"> python -m stages.{s}\n" in result.stdout}
+
+
+def stages_reproduced(result: subprocess.CompletedProcess[str]) -> set[str]:
+    """The stages DVC found changed: run, or restored from the run-cache of an earlier run."""
+    restored = {s for s in STAGES if f"Stage '{s}' is cached - skipping run" in result.stdout}
+    return stages_run(result) | restored
