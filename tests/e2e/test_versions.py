@@ -36,39 +36,16 @@ def tagged(reproduced: Project) -> Project:
 
 def test_dvc_get_and_artifacts_get_fetch_the_tagged_model(tagged: Project, tmp_path: Path) -> None:
     expected = digest(tagged.path / EXPORT_WEIGHTS)
-    tagged.run(
-        "dvc",
-        "get",
-        str(tagged.path),
-        str(EXPORT_DIR),
-        "--rev",
-        TAG,
-        "-o",
-        str(tmp_path / "by-tag"),
-    )
     commit = tagged.run("git", "rev-parse", "HEAD").stdout.strip()
-    tagged.run(
-        "dvc",
-        "get",
-        str(tagged.path),
-        str(EXPORT_DIR),
-        "--rev",
-        commit,
-        "-o",
-        str(tmp_path / "by-commit"),
-    )
-    tagged.run(
-        "dvc",
-        "artifacts",
-        "get",
-        str(tagged.path),
-        "fashion-mlp",
-        "--rev",
-        "v1.0.0",
-        "-o",
-        str(tmp_path / "artifact"),
-    )
-    for folder in ("by-tag", "by-commit", "artifact"):
+    repo = str(tagged.path)
+    fetches = {
+        "by-tag": ["get", repo, str(EXPORT_DIR), "--rev", TAG],
+        "by-commit": ["get", repo, str(EXPORT_DIR), "--rev", commit],
+        "artifact": ["artifacts", "get", repo, "fashion-mlp", "--rev", "v1.0.0"],
+    }
+    for folder, args in fetches.items():
+        tagged.run("dvc", *args, "-o", str(tmp_path / folder))
+    for folder in fetches:
         assert digest(tmp_path / folder / EXPORT_WEIGHTS.name) == expected, folder
         assert (tmp_path / folder / "model.onnx").is_file()
 
