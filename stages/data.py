@@ -169,9 +169,6 @@ class Images:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device) -> Images:
-        return Images(self.images.to(device), self.labels.to(device))
-
 
 def load_split(path: Path, device: torch.device | str = "cpu") -> Images:
     if not path.is_file():

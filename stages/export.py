@@ -20,7 +20,7 @@ from stages.checkpoints import load_model
 from stages.cli import StageError, run_stage
 from stages.data import CLASSES, IMAGE_SIDE, load_split
 from stages.files import atomic_dir, sha256_file, write_json
-from stages.model import MLP, predict_logits
+from stages.model import MLP, MLPConfig, predict_logits
 from stages.params import Params, load_params
 from stages.paths import (
     EXPORT_CARD,
@@ -90,12 +90,12 @@ def check_parity(
     return {"images": len(torch_logits), "max_abs_logit_diff": max_diff, "predictions_equal": True}
 
 
-def model_card(params: Params, info: dict, parity: dict, files: dict[str, str]) -> dict:
+def model_card(params: Params, config: MLPConfig, parity: dict, files: dict[str, str]) -> dict:
     cfg = params.export
     return {
         "name": "fashion-mnist-mlp",
         "source_model": cfg.model,
-        "architecture": {"type": "MLP", **info["config"]},
+        "architecture": {"type": "MLP", **config.to_dict()},
         "input": {
             "name": INPUT_NAME,
             "shape": ["batch", 1, IMAGE_SIDE, IMAGE_SIDE],
@@ -116,7 +116,7 @@ def main() -> None:
     params = load_params()
     cfg = params.export
     source = MODELS[cfg.model]
-    model, info = load_model(source)
+    model, _ = load_model(source)
     images = load_split(TEST_DATA).images.unsqueeze(1)
     reference = predict_logits(model, images).numpy()
 
@@ -126,8 +126,7 @@ def main() -> None:
         export_onnx(model, onnx_file, cfg.opset)
         parity = check_parity(reference, onnx_logits(onnx_file, images.numpy()), cfg.atol)
         files = {p.name: sha256_file(p) for p in (weights, onnx_file)}
-        info = {"config": model.config.to_dict()}
-        write_json(staging / EXPORT_CARD.name, model_card(params, info, parity, files))
+        write_json(staging / EXPORT_CARD.name, model_card(params, model.config, parity, files))
     print(
         f"exported the {cfg.model} model to {EXPORT_DIR}/: ONNX matches PyTorch on {parity['images']} test images (max |diff| {parity['max_abs_logit_diff']:.2e})"
     )
