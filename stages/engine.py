@@ -88,20 +88,24 @@ def train_epoch(
     generator: torch.Generator,
     *,
     use_augment: bool = False,
+    bf16: bool = False,
     after_step: Callable[[], object] | None = None,
 ) -> Stats:
     """One pass over `data` in a seeded random order; returns running loss and accuracy."""
     model.train()
-    order = torch.randperm(len(data), generator=generator).to(data.labels.device)
-    total_loss = torch.zeros((), device=data.labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=data.labels.device)
+    device = data.labels.device
+    order = torch.randperm(len(data), generator=generator).to(device)
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for start in range(0, len(data), batch_size):
         idx = order[start : start + batch_size]
-        x, y = data.images[idx], data.labels[idx]
+        # index_select gathers a batch twice as fast as x[idx] on CPU
+        x, y = data.images.index_select(0, idx), data.labels.index_select(0, idx)
         if use_augment:
             x = augment(x, generator)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -132,6 +136,7 @@ def fit(
     batch_size: int,
     generator: torch.Generator,
     use_augment: bool,
+    bf16: bool = False,
     after_step: Callable[[], object] | None = None,
     after_epoch: Callable[[], object] | None = None,
     scored: nn.Module | None = None,
@@ -144,7 +149,7 @@ def fit(
         lr = current_lr(optimizer)
         stats = train_epoch(
             model, train_data, loss_fn, optimizer, batch_size, generator,
-            use_augment=use_augment, after_step=after_step,
+            use_augment=use_augment, bf16=bf16, after_step=after_step,
         )  # fmt: skip
         if after_epoch is not None:
             after_epoch()

@@ -33,6 +33,21 @@ class MLPConfig:
         return cls(**{**d, "hidden": tuple(d["hidden"])})
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper mask on CPU, same semantics and no state.
+
+    On CPU, F.dropout's bernoulli_ costs 1.4 ms per 256x512 activation here, as much as the layer's
+    matmul; a uniform draw compared in place costs 0.5 ms (bench/epoch_time.py). On GPU the fused
+    kernel is faster, so it is used there.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        scaled_keep = torch.rand(x.shape).ge_(self.p).mul_(1 / (1 - self.p)).to(x.dtype)
+        return x * scaled_keep
+
+
 class MLP(nn.Module):
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
@@ -42,7 +57,7 @@ class MLP(nn.Module):
         for hidden in config.hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             if config.dropout > 0:
-                layers.append(nn.Dropout(config.dropout))
+                layers.append(Dropout(config.dropout))
             width = hidden
         layers.append(nn.Linear(width, config.num_classes))
         self.net = nn.Sequential(*layers)

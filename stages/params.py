@@ -144,6 +144,7 @@ class Train(Strict):
     device: Device
     epochs: Annotated[int, Field(ge=0)]
     batch_size: Annotated[int, Field(gt=0)]
+    precision: Literal["fp32", "bf16"]
     lr: PositiveFloat
     weight_decay: Annotated[float, Field(ge=0)]
     augment: bool

@@ -41,6 +41,7 @@ def main() -> None:
             model, train_data, val_data, loss_fn, optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size,
             generator=torch.Generator().manual_seed(cfg.seed), use_augment=cfg.augment,
+            bf16=cfg.precision == "bf16",
             after_step=step if per_batch else None, after_epoch=None if per_batch else step,
         )  # fmt: skip
     save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
