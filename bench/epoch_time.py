@@ -24,8 +24,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.data import RAW_FILES, Images, load_split
+from stages.data import Images, load_split
 from stages.engine import train_epoch
+from stages.fashion_mnist import RAW_FILES
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer
 from stages.params import load_params

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stages.cli import StageError, run_stage
-from stages.data import RAW_FILES, RawFile, decompress_verified
+from stages.fashion_mnist import RAW_FILES, RawFile, decompress_verified
 from stages.files import atomic_dir
 from stages.params import Download, load_params
 from stages.paths import RAW_DIR

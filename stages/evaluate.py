@@ -22,7 +22,8 @@ from torchmetrics.functional.classification import (
 
 from stages.checkpoints import load_model
 from stages.cli import run_stage
-from stages.data import CLASSES, Images, load_split
+from stages.data import Images, load_split
+from stages.fashion_mnist import CLASSES
 from stages.files import atomic_dir, write_json
 from stages.model import predict_logits
 from stages.params import load_params

@@ -18,7 +18,8 @@ import torch
 
 from stages.checkpoints import load_model
 from stages.cli import StageError, run_stage
-from stages.data import CLASSES, IMAGE_SIDE, load_split
+from stages.data import load_split
+from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.files import atomic_dir, sha256_file, write_json
 from stages.model import MLP, MLPConfig, predict_logits
 from stages.params import Params, load_params

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from stages.data import CLASSES, IMAGE_SIDE
+from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 
 # FashionMNIST training-set pixel statistics (of images scaled to [0, 1]).
 PIXEL_MEAN = 0.2860

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stages.cli import StageError
-from stages.data import TRAIN_SIZE
+from stages.fashion_mnist import TRAIN_SIZE
 
 PARAMS_FILE = Path("params.yaml")
 

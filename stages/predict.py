@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from stages.cli import StageError, run_stage
-from stages.data import CLASSES, IMAGE_SIDE
+from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.model import predict_logits
 from stages.registry import load_model
 

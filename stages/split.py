@@ -7,7 +7,7 @@ safetensors, so later stages never decode the IDX files again.
 from __future__ import annotations
 
 from stages.cli import run_stage
-from stages.data import (
+from stages.fashion_mnist import (
     RAW_FILES,
     class_counts,
     read_images_and_labels,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.data import Images, read_images_and_labels
+from stages.data import Images
+from stages.fashion_mnist import read_images_and_labels
 from stages.params import PARAMS_FILE, Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from stages.cli import StageError
-from stages.data import RAW_FILES
 from stages.download import fetch
+from stages.fashion_mnist import RAW_FILES
 from stages.params import Download
 
 LABELS = RAW_FILES["test_labels"]

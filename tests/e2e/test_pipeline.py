@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.data import CLASSES
+from stages.fashion_mnist import CLASSES
 from stages.paths import EXPORT_CARD, EXPORT_ONNX, TEST_DATA, TEST_METRICS
 
 from .conftest import STAGES, Project, lock_hashes, stages_run

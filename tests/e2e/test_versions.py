@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from stages.checkpoints import load_model as load_model_file
-from stages.data import CLASSES
+from stages.fashion_mnist import CLASSES
 from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
 from stages.registry import load_model
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stages.cli import StageError
-from stages.data import (
+from stages.fashion_mnist import (
     RAW_FILES,
     TEST_SIZE,
     TRAIN_SIZE,
