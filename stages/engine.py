@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import resource
 import statistics
 import sys
 import time
@@ -161,6 +162,12 @@ def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield images[start : start + batch_size]
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 class EpochLog:
     """Per-epoch metrics to dvclive (for `dvc plots`) and a progress line or bar to the user."""
 
@@ -193,13 +200,15 @@ class EpochLog:
             self.bar.write(line)
             self.bar.update()
 
-    def timing(self) -> dict[str, float]:
-        """Wall-clock figures for `dvc exp show`; the one output that differs run to run."""
+    def resources(self) -> dict[str, float]:
+        """Wall-clock time and peak memory, for `dvc exp show`; the one output that differs run
+        to run."""
         epochs = self.epoch_seconds
         median = statistics.median(epochs) if epochs else 0.0
         return {
             "seconds": round(time.perf_counter() - self.started, 2),
             "epoch_seconds": round(median, 3),
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
         }
 
     def close(self) -> None:
@@ -208,9 +217,9 @@ class EpochLog:
 
 
 @contextlib.contextmanager
-def epoch_log(live_dir: Path, timing_file: Path, name: str, epochs: int) -> Iterator[EpochLog]:
+def epoch_log(live_dir: Path, resources_file: Path, name: str, epochs: int) -> Iterator[EpochLog]:
     """dvclive logging into a staging directory that replaces `live_dir` only on success, then
-    the run's wall-clock timing to `timing_file`."""
+    the run's time and peak memory to `resources_file`."""
     from dvclive import Live  # imports dvc: pay for it only in the stages that log
 
     with atomic_dir(live_dir) as staging:
@@ -221,4 +230,4 @@ def epoch_log(live_dir: Path, timing_file: Path, name: str, epochs: int) -> Iter
         finally:
             log.close()
         live.end()
-    write_json(timing_file, log.timing())
+    write_json(resources_file, log.resources())

@@ -17,8 +17,8 @@ MODELS = {"train": TRAIN_MODEL, "swa": SWA_MODEL}
 
 TRAIN_LIVE = Path("metrics/train")
 SWA_LIVE = Path("metrics/swa")
-TRAIN_TIMING = Path("metrics/timing/train.json")
-SWA_TIMING = Path("metrics/timing/swa.json")
+TRAIN_RESOURCES = Path("metrics/resources/train.json")
+SWA_RESOURCES = Path("metrics/resources/swa.json")
 
 TEST_METRICS = Path("metrics/test.json")
 EVAL_PLOTS = Path("metrics/eval")

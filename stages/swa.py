@@ -21,7 +21,7 @@ from stages.data import Images, load_split
 from stages.engine import EpochLog, batches, epoch_log, fit, resolve_device, seed_everything
 from stages.optim import build_loss, build_optimizer
 from stages.params import Swa, Train, load_params
-from stages.paths import SWA_LIVE, SWA_MODEL, SWA_TIMING, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
+from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 
 
 def average_weights(
@@ -69,7 +69,7 @@ def main() -> None:
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
     print(f"swa: {cfg.epochs} epochs from {TRAIN_MODEL}, lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")
-    with epoch_log(SWA_LIVE, SWA_TIMING, "swa", cfg.epochs) as log:
+    with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
         swa_model = average_weights(
             model, train_data, val_data, cfg, train_cfg, info["final_lr"], log
         )

@@ -15,7 +15,7 @@ from stages.engine import epoch_log, fit, resolve_device, seed_everything, steps
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
 from stages.params import load_params
-from stages.paths import TRAIN_DATA, TRAIN_LIVE, TRAIN_MODEL, TRAIN_TIMING, VAL_DATA
+from stages.paths import TRAIN_DATA, TRAIN_LIVE, TRAIN_MODEL, TRAIN_RESOURCES, VAL_DATA
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     print(
         f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}, {cfg.optimizer}, {cfg.scheduler}"
     )
-    with epoch_log(TRAIN_LIVE, TRAIN_TIMING, "train", cfg.epochs) as log:
+    with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
         fit(
             model, train_data, val_data, loss_fn, optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size,

@@ -63,9 +63,9 @@ class Project:
         return (self.path / relative).read_text()
 
     def assert_clean(self) -> None:
-        """The workspace holds the last commit's outputs: every dvc.lock hash but the timings
-        (run-cache may restore the timing of another run with the same inputs) is equal.
-        Then the committed timings are checked out too, so the next test starts clean."""
+        """The workspace holds the last commit's outputs: every dvc.lock hash but metrics/resources
+        (run-cache may restore the figures of another run with the same inputs) is equal.
+        Then the committed figures are checked out too, so the next test starts clean."""
         committed = lock_hashes(self.run("git", "show", "HEAD:dvc.lock").stdout)
         assert lock_hashes(self.read("dvc.lock")) == committed
         self.run("git", "checkout", "-q", "dvc.lock")
@@ -104,11 +104,11 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Proje
 
 
 def lock_hashes(lock_text: str) -> dict[str, str]:
-    """md5 of every out in a dvc.lock but the wall-clock timings, which differ by nature."""
+    """md5 of every out in a dvc.lock but the wall-clock and memory figures, which differ by nature."""
     lock = yaml.safe_load(lock_text)
     outs = [out for stage in lock["stages"].values() for out in stage["outs"]]
     return {
-        out["path"]: out["md5"] for out in outs if not out["path"].startswith("metrics/timing/")
+        out["path"]: out["md5"] for out in outs if not out["path"].startswith("metrics/resources/")
     }
 
 

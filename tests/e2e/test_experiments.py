@@ -12,7 +12,7 @@ from .conftest import Project
 
 pytestmark = pytest.mark.e2e
 
-METRIC_FILES = {"metrics/test.json", "metrics/timing/train.json", "metrics/timing/swa.json"}
+METRIC_FILES = {"metrics/test.json", "metrics/resources/train.json", "metrics/resources/swa.json"}
 
 
 def experiments(project: Project) -> dict[str, dict]:
@@ -57,7 +57,7 @@ def test_exp_run_with_set_params_records_params_and_metrics(
     assert exp["params"]["train"]["optimizer"] == "sgd" and exp["params"]["train"]["lr"] == 0.05
     assert set(exp["metrics"]) == METRIC_FILES
     assert 0 < exp["metrics"]["metrics/test.json"]["swa"]["accuracy"] <= 1
-    assert exp["metrics"]["metrics/timing/train.json"]["seconds"] > 0
+    assert exp["metrics"]["metrics/resources/train.json"]["seconds"] > 0
 
 
 def test_exp_diff_and_plots_diff_compare_with_the_baseline(
