@@ -47,3 +47,16 @@ def test_augment_flips_and_shifts_within_bounds() -> None:
     cols = out.sum(1).argmax(1)  # leftmost column of the bar after augmentation
     assert (cols <= 6).any() and (cols >= 18).any()  # some kept left, some flipped right
     assert len(set(cols.tolist())) > 2  # and shifted
+
+
+def test_bf16_autocast_training_learns_and_keeps_fp32_weights(params: Params, small_data) -> None:
+    train, val = small_data
+    seed_everything(0, torch.device("cpu"))
+    model = MLP(MLPConfig(hidden=(64,), dropout=0.1))
+    loss_fn = build_loss(params.train)
+    opt = build_optimizer(model.parameters(), params.train, lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    history = [train_epoch(model, train, loss_fn, opt, 64, gen, bf16=True) for _ in range(3)]
+    assert history[-1].loss < history[0].loss
+    assert evaluate(model, val, loss_fn).accuracy > 0.6
+    assert all(p.dtype == torch.float32 for p in model.parameters())
