@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset repro test lint exps
+.PHONY: help setup dataset repro test lint exps bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -37,3 +37,10 @@ exps: ## compare experiments: test scores, times and the params that differ
 	@$(UV) run --no-sync dvc exp show --only-changed --precision 4 \
 		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
 		--keep 'accuracy|f1_macro|train.json:seconds'
+
+bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
+	$(UV) run --no-sync python bench/pipeline.py
+	$(UV) run --no-sync dvc repro
+	$(UV) run --no-sync python bench/inference.py
+	$(UV) run --group bench python bench/epoch_time.py
+	$(UV) sync --locked --quiet  # drop torchvision again (see pyproject.toml)

@@ -28,8 +28,7 @@ from stages.data import Images
 from stages.files import atomic_dir, write_json
 from stages.model import predict_logits
 from stages.optim import LossFn, current_lr
-
-MAX_SHIFT = 2
+from stages.params import Augment
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,15 +57,18 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a shift of up to MAX_SHIFT pixels, per image, batched."""
+def augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to cfg.max_shift pixels, per image, batched.
+    With both off, `x` comes back untouched and `generator` is not drawn from."""
     b, h, w = x.shape
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    x = torch.where(flip[:, None, None], x.flip(-1), x)
-    dy, dx = (torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (2, b), generator=generator) + MAX_SHIFT).to(
-        x.device
-    )
-    padded = F.pad(x, (MAX_SHIFT,) * 4)
+    if cfg.hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None], x.flip(-1), x)
+    if cfg.max_shift == 0:
+        return x
+    s = cfg.max_shift
+    dy, dx = (torch.randint(-s, s + 1, (2, b), generator=generator) + s).to(x.device)
+    padded = F.pad(x, (s,) * 4)
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = dx[:, None] + torch.arange(w, device=x.device)
     return padded[
@@ -88,7 +90,7 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     *,
-    use_augment: bool = False,
+    augmentation: Augment | None = None,
     bf16: bool = False,
     after_step: Callable[[], object] | None = None,
 ) -> Stats:
@@ -102,8 +104,8 @@ def train_epoch(
         idx = order[start : start + batch_size]
         # index_select gathers a batch twice as fast as x[idx] on CPU
         x, y = data.images.index_select(0, idx), data.labels.index_select(0, idx)
-        if use_augment:
-            x = augment(x, generator)
+        if augmentation is not None:
+            x = augment(x, augmentation, generator)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -136,7 +138,7 @@ def fit(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
-    use_augment: bool,
+    augmentation: Augment | None,
     bf16: bool = False,
     after_step: Callable[[], object] | None = None,
     after_epoch: Callable[[], object] | None = None,
@@ -150,7 +152,7 @@ def fit(
         lr = current_lr(optimizer)
         stats = train_epoch(
             model, train_data, loss_fn, optimizer, batch_size, generator,
-            use_augment=use_augment, bf16=bf16, after_step=after_step,
+            augmentation=augmentation, bf16=bf16, after_step=after_step,
         )  # fmt: skip
         if after_epoch is not None:
             after_epoch()

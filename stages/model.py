@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
+from stages.params import Model as ModelParams
 
 # FashionMNIST training-set pixel statistics (of images scaled to [0, 1]).
 PIXEL_MEAN = 0.2860
@@ -22,6 +23,7 @@ PIXEL_STD = 0.3530
 class MLPConfig:
     hidden: tuple[int, ...] = (512, 512)
     dropout: float = 0.0
+    input_dropout: float = 0.0
     in_features: int = IMAGE_SIDE * IMAGE_SIDE
     num_classes: int = len(CLASSES)
 
@@ -31,6 +33,10 @@ class MLPConfig:
     @classmethod
     def from_dict(cls, d: dict) -> MLPConfig:
         return cls(**{**d, "hidden": tuple(d["hidden"])})
+
+    @classmethod
+    def from_params(cls, p: ModelParams) -> MLPConfig:
+        return cls(hidden=tuple(p.hidden), dropout=p.dropout, input_dropout=p.input_dropout)
 
 
 class Dropout(nn.Dropout):
@@ -53,6 +59,8 @@ class MLP(nn.Module):
         super().__init__()
         self.config = config
         layers: list[nn.Module] = [nn.Flatten()]
+        if config.input_dropout > 0:
+            layers.append(Dropout(config.input_dropout))
         width = config.in_features
         for hidden in config.hidden:
             layers += [nn.Linear(width, hidden), nn.ReLU()]

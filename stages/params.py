@@ -62,6 +62,7 @@ class Split(Strict):
 class Model(Strict):
     hidden: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
     dropout: UnitFloat
+    input_dropout: UnitFloat
 
 
 class Sgd(Strict):
@@ -139,6 +140,12 @@ class Schedulers(Strict):
     onecycle: OneCycleLR
 
 
+class Augment(Strict):
+    hflip: bool
+    max_shift: Annotated[int, Field(ge=0, le=4)]
+    """Pixels; 0 turns shifting off."""
+
+
 class Train(Strict):
     seed: int
     device: Device
@@ -147,7 +154,7 @@ class Train(Strict):
     precision: Literal["fp32", "bf16"]
     lr: PositiveFloat
     weight_decay: Annotated[float, Field(ge=0)]
-    augment: bool
+    augment: Augment
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
     optimizers: Optimizers
     loss: Literal["cross_entropy", "nll"]

@@ -25,7 +25,7 @@ def main() -> None:
     seed_everything(cfg.seed, device)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
-    config = MLPConfig(hidden=tuple(params.model.hidden), dropout=params.model.dropout)
+    config = MLPConfig.from_params(params.model)
     model = MLP(config).to(device)
     loss_fn = build_loss(cfg)
     optimizer = build_optimizer(model.parameters(), cfg, cfg.lr)
@@ -40,7 +40,7 @@ def main() -> None:
         fit(
             model, train_data, val_data, loss_fn, optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size,
-            generator=torch.Generator().manual_seed(cfg.seed), use_augment=cfg.augment,
+            generator=torch.Generator().manual_seed(cfg.seed), augmentation=cfg.augment,
             bf16=cfg.precision == "bf16",
             after_step=step if per_batch else None, after_epoch=None if per_batch else step,
         )  # fmt: skip

@@ -6,7 +6,7 @@ from stages.data import Images
 from stages.engine import augment, evaluate, seed_everything, train_epoch
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer
-from stages.params import Params
+from stages.params import Augment, Params
 
 
 def train_briefly(
@@ -41,7 +41,7 @@ def test_same_seed_same_weights(params: Params, small_data) -> None:
 def test_augment_flips_and_shifts_within_bounds() -> None:
     x = torch.zeros(64, 28, 28)
     x[:, 10:18, 4:8] = 1.0  # a bar left of centre
-    out = augment(x, torch.Generator().manual_seed(0))
+    out = augment(x, Augment(hflip=True, max_shift=2), torch.Generator().manual_seed(0))
     assert out.shape == x.shape
     assert torch.equal(out.sum((1, 2)), x.sum((1, 2)))  # shifts of <= 2 px keep the bar inside
     cols = out.sum(1).argmax(1)  # leftmost column of the bar after augmentation
@@ -60,3 +60,18 @@ def test_bf16_autocast_training_learns_and_keeps_fp32_weights(params: Params, sm
     assert history[-1].loss < history[0].loss
     assert evaluate(model, val, loss_fn).accuracy > 0.6
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_augment_off_returns_the_batch_and_leaves_the_generator_alone() -> None:
+    x, gen = torch.rand(8, 28, 28), torch.Generator().manual_seed(0)
+    assert augment(x, Augment(hflip=False, max_shift=0), gen) is x
+    assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
+
+
+def test_augment_flip_only_and_shift_only() -> None:
+    x = torch.zeros(64, 28, 28)
+    x[:, 10:18, 4:8] = 1.0
+    flipped = augment(x, Augment(hflip=True, max_shift=0), torch.Generator().manual_seed(0))
+    assert {c for c in flipped.sum(1).argmax(1).tolist()} == {4, 20}  # as is, or mirrored
+    shifted = augment(x, Augment(hflip=False, max_shift=1), torch.Generator().manual_seed(0))
+    assert set(shifted.sum(1).argmax(1).tolist()) <= {3, 4, 5}
