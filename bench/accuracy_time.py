@@ -1,5 +1,6 @@
 """Test accuracy for training time: the main knobs (epochs, batch size, SWA epochs) varied one at
-a time around the defaults, each a real `dvc exp run`, drawn as docs/accuracy_time.png.
+a time around the defaults, each a real `dvc exp run`, drawn as docs/accuracy_time.png (figures
+in docs/accuracy_time.json; `--replot` redraws from them).
 
     uv run python bench/accuracy_time.py [--out docs/accuracy_time.png]
 
@@ -33,6 +34,8 @@ EPOCHS = (10, 20, 40, 60, 80)
 BATCH_SIZES = (128, 256, 512, 1024)
 SWA_EPOCHS = (0, 5, 10, 20)
 
+Results = dict[str, list[tuple[int, dict[str, float]]]]
+
 
 def series(defaults: dict[str, int]) -> dict[str, list[dict[str, int]]]:
     """Each knob's values with the other knobs at their defaults (the default run in each)."""
@@ -57,25 +60,32 @@ def run_experiment(repo: Path, overrides: dict[str, int]) -> dict[str, float]:
     }
 
 
-def plot(
-    results: dict[str, list[tuple[int, dict[str, float]]]], default_label: str, out: Path
-) -> None:
+def plot(results: Results, defaults: dict[str, int], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for knob, points in results.items():
-        xs = [r["seconds"] for _, r in points]
-        ys = [r["accuracy"] for _, r in points]
-        ax.plot(xs, ys, marker="o", label=knob)
+        ax.plot(
+            [r["seconds"] for _, r in points],
+            [r["accuracy"] for _, r in points],
+            marker="o",
+            label=knob,
+        )
         for value, r in points:
-            ax.annotate(
-                str(value),
-                (r["seconds"], r["accuracy"]),
-                textcoords="offset points",
-                xytext=(4, -10),
-                fontsize=8,
-            )
+            if value != defaults[knob]:
+                ax.annotate(
+                    str(value),
+                    (r["seconds"], r["accuracy"]),
+                    textcoords="offset points",
+                    xytext=(-6, 7),
+                    fontsize=8,
+                )
+    default = next(r for value, r in results["train.epochs"] if value == defaults["train.epochs"])
+    ax.plot(
+        default["seconds"], default["accuracy"], "k*", markersize=14, label="defaults", zorder=3
+    )
     ax.set_xlabel("train + swa seconds (2-core CPU)")
     ax.set_ylabel("test accuracy, exported (SWA) model")
-    ax.set_title(f"One knob at a time around the defaults: {default_label}", fontsize=10)
+    label = ", ".join(f"{knob} {value}" for knob, value in defaults.items())
+    ax.set_title(f"One knob at a time around the defaults: {label}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -86,7 +96,13 @@ def plot(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy_time.png")
+    parser.add_argument("--replot", action="store_true", help="redraw from the saved .json")
     args = parser.parse_args()
+    saved = args.out.with_suffix(".json")
+    if args.replot:
+        data = json.loads(saved.read_text())
+        plot(data["results"], data["defaults"], args.out)
+        return
 
     params = load_params(ROOT / "params.yaml")
     defaults = {
@@ -94,7 +110,7 @@ def main() -> None:
         "train.batch_size": params.train.batch_size,
         "swa.epochs": params.swa.epochs,
     }
-    results: dict[str, list[tuple[int, dict[str, float]]]] = {}
+    results: Results = {}
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as tmp:
         repo = Path(tmp) / "project"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
@@ -108,9 +124,9 @@ def main() -> None:
                     flush=True,
                 )
 
-    label = ", ".join(f"{knob} {value}" for knob, value in defaults.items())
-    plot(results, label, args.out)
-    print(f"wrote {args.out}")
+    saved.write_text(json.dumps({"defaults": defaults, "results": results}, indent=1) + "\n")
+    plot(results, defaults, args.out)
+    print(f"wrote {args.out} and {saved}")
 
 
 if __name__ == "__main__":
