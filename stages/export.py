@@ -88,8 +88,8 @@ def check_parity(
     mismatched = int((torch_logits.argmax(1) != ort_logits.argmax(1)).sum())
     if max_diff > atol or mismatched:
         raise StageError(
-            f"ONNX parity check failed: max |logit difference| {max_diff:.3g} (allowed "
-            f"{atol:g}), {mismatched} of {len(torch_logits)} predictions differ. Nothing was "
+            f"ONNX parity check failed: max |logit difference| {max_diff:.3g} (allowed: "
+            f"export.atol {atol:g}), {mismatched} of {len(torch_logits)} predictions differ. Nothing was "
             "exported; check the opset (export.opset) and the onnx/onnxruntime versions."
         )
     return {"images": len(torch_logits), "max_abs_logit_diff": max_diff, "predictions_equal": True}

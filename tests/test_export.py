@@ -30,7 +30,8 @@ def test_parity_failure_reports_the_largest_difference() -> None:
     other = reference.copy()
     other[2, 5] = 0.25
     with pytest.raises(
-        StageError, match=r"max \|logit difference\| 0\.25 \(allowed 0\.0001\), 0 of 4"
+        StageError,
+        match=r"max \|logit difference\| 0\.25 \(allowed: export\.atol 0\.0001\), 0 of 4",
     ):
         check_parity(reference, other, atol=1e-4)
     other[3, 9] = 2.0

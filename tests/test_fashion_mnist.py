@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages.cli import StageError
 from stages.fashion_mnist import (
@@ -124,3 +126,28 @@ def test_stratified_split_is_seeded() -> None:
     a = stratified_split(labels, 100, seed=0)[1]
     assert np.array_equal(a, stratified_split(labels, 100, seed=0)[1])
     assert not np.array_equal(a, stratified_split(labels, 100, seed=1)[1])
+
+
+@settings(max_examples=500, deadline=None)
+@given(content=st.binary(max_size=64))
+def test_parse_idx_accepts_or_refuses_any_bytes_cleanly(content: bytes) -> None:
+    try:
+        array = parse_idx(content)
+    except StageError:
+        return
+    assert array.dtype == np.uint8 and array.size == len(content) - 4 - 4 * array.ndim
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    cut=st.integers(1, 8),
+)
+def test_parse_idx_round_trips_any_shape_and_refuses_any_truncation(
+    shape: list[int], cut: int
+) -> None:
+    array = np.arange(int(np.prod(shape)), dtype=np.uint8).reshape(shape)
+    content = idx_bytes(array)
+    np.testing.assert_array_equal(parse_idx(content), array)
+    with pytest.raises(StageError):
+        parse_idx(content[: max(0, len(content) - cut)])

@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stages.cli import StageError
 from stages.params import Params, load_params, parse_params
 
 from .conftest import ROOT
+
+PROJECT_RAW = yaml.safe_load((ROOT / "params.yaml").read_text())  # with_value copies it
 
 
 @pytest.fixture()
@@ -101,3 +105,43 @@ def test_invalid_yaml_is_one_clear_error(tmp_path: Path) -> None:
 def test_missing_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def leaf_paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    if isinstance(node, dict) and node:
+        return [p for key, child in node.items() for p in leaf_paths(child, (*prefix, key))]
+    return [prefix]
+
+
+ANY_YAML_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-5, 600), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_single_value_change_is_accepted_or_refused_by_name(data) -> None:
+    """Replace one leaf of the project's params with anything YAML can hold: the schema either
+    accepts it or raises one StageError that names that key. It never crashes otherwise."""
+    path = data.draw(st.sampled_from(leaf_paths(PROJECT_RAW)))
+    value = data.draw(ANY_YAML_VALUE)
+    changed = with_value(PROJECT_RAW, ".".join(path), value)
+    try:
+        parse_params(changed)
+    except StageError as e:
+        assert ".".join(path) in str(e)
+
+
+@settings(max_examples=100, deadline=None)
+@given(key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
+def test_any_unknown_key_is_refused_by_name(key: str) -> None:
+    if key in PROJECT_RAW["train"]:
+        return
+    message = error_of(with_value(PROJECT_RAW, f"train.{key}", 1))
+    assert f"train.{key}: unknown key" in message

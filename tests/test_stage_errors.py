@@ -1,0 +1,253 @@
+"""Bad input, run through the real stage commands: each case must exit 2 with one clear message
+that names the problem (no traceback), and leave every file in the working directory as it was:
+nothing half-written, no earlier output lost."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import save_file
+
+from stages.checkpoints import save_model
+from stages.fashion_mnist import RAW_FILES
+from stages.model import MLP, MLPConfig
+from stages.paths import MODELS, RAW_DIR, TRAIN_MODEL
+
+from .conftest import ROOT
+
+CLOSED_PORT_MIRROR = "http://127.0.0.1:9/"  # the discard port: nothing listens, refused at once
+
+
+class Workdir:
+    """A stage's working directory: params.yaml, the inputs a case sets up, and earlier outputs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def with_project_params(cls, path: Path) -> Workdir:
+        shutil.copy(ROOT / "params.yaml", path / "params.yaml")
+        return cls(path)
+
+    def set(self, dotted: str, value: object) -> None:
+        raw = yaml.safe_load((self.path / "params.yaml").read_text())
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        (self.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def run(self, stage: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("STAGES_DEBUG", None)
+        return subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"],
+            cwd=self.path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    def snapshot(self) -> dict[str, str]:
+        return {
+            str(p.relative_to(self.path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file()
+        }
+
+
+def assert_refused(work: Workdir, stage: str, *phrases: str) -> str:
+    """Run `stage`; it must fail cleanly, say each of `phrases`, and change no file."""
+    before = work.snapshot()
+    result = work.run(stage)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("error: ")
+    for phrase in phrases:
+        assert phrase in message, message
+    assert work.snapshot() == before
+    return message
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Workdir:
+    return Workdir.with_project_params(tmp_path)
+
+
+# ---- params: every stage validates the whole file first; split is the cheapest to start ----
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "phrases"),
+    [
+        ("train.lrr", 0.1, ["train.lrr", "did you mean 'lr'"]),
+        ("train.epochs", "ten", ["train.epochs", "'ten'"]),
+        ("train.epochs", -1, ["train.epochs", "greater than or equal to 0"]),
+        ("train.lr", -0.1, ["train.lr", "greater than 0"]),
+        ("train.batch_size", 0, ["train.batch_size", "greater than 0"]),
+        ("split.val_size", 60_000, ["split.val_size"]),
+        ("train.optimizer", "adamx", ["train.optimizer", "'adamw'"]),
+        ("train.scheduler", "cosin", ["train.scheduler", "'cosine'"]),
+        ("train.loss", "mse", ["train.loss", "'cross_entropy'"]),
+        ("train.schedulers.step.T_max", 5, ["train.schedulers.step.T_max", "unknown key"]),
+        ("model.dropout", 1.5, ["model.dropout"]),
+    ],
+)
+def test_bad_params_are_refused_before_any_work(
+    work: Workdir, key: str, value: object, phrases: list[str]
+) -> None:
+    work.set(key, value)
+    earlier = work.path / "data" / "split" / "train.safetensors"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier output that must survive")
+    assert_refused(work, "split", "params.yaml", *phrases)
+
+
+def test_params_that_are_not_yaml_are_refused(work: Workdir) -> None:
+    (work.path / "params.yaml").write_text("train: [unclosed\n")
+    assert_refused(work, "split", "params.yaml")
+
+
+# ---- data: the download stage, offline, from a local folder holding one bad file ----
+
+
+def gz(content: bytes) -> bytes:
+    return gzip.compress(content, mtime=0)
+
+
+def truncated(gz_bytes: bytes) -> bytes:
+    return gz_bytes[: len(gz_bytes) // 2]
+
+
+def wrong_content(gz_bytes: bytes) -> bytes:
+    content = bytearray(gzip.decompress(gz_bytes))
+    content[-1] ^= 0xFF  # one pixel of the last image
+    return gz(bytes(content))
+
+
+def wrong_magic(gz_bytes: bytes) -> bytes:
+    return gz(b"\x00\x00\x0d\x03" + gzip.decompress(gz_bytes)[4:])
+
+
+def labels_of_the_test_set(_: bytes) -> bytes:
+    # a real IDX file, but with 10,000 labels for the 60,000 training images
+    return (Path("/usr/share/datasets/fashion-mnist") / RAW_FILES["test_labels"].name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("key", "corrupt", "phrases"),
+    [
+        ("train_images", truncated, ["train-images-idx3-ubyte.gz", "not a valid gzip file"]),
+        ("train_images", wrong_content, ["train-images-idx3-ubyte.gz", "sha256"]),
+        ("test_images", wrong_magic, ["t10k-images-idx3-ubyte.gz", "sha256"]),
+        ("train_labels", labels_of_the_test_set, ["train-labels-idx1-ubyte.gz", "sha256"]),
+    ],
+)
+def test_bad_data_files_are_refused_and_earlier_data_kept(
+    work: Workdir, raw_dir: Path, key: str, corrupt: Callable[[bytes], bytes], phrases: list[str]
+) -> None:
+    source = work.path / "source"
+    shutil.copytree(raw_dir, source)
+    bad = source / RAW_FILES[key].name
+    bad.write_bytes(corrupt(bad.read_bytes()))
+    work.set("download.source_dir", str(source))
+    work.set("download.mirrors", [CLOSED_PORT_MIRROR])
+    (work.path / RAW_DIR).mkdir(parents=True)
+    (work.path / RAW_DIR / "earlier.txt").write_text("the last good download")
+    assert_refused(work, "download", *phrases, CLOSED_PORT_MIRROR)
+
+
+def test_missing_source_dir_while_offline_names_every_source(work: Workdir) -> None:
+    work.set("download.source_dir", str(work.path / "no-such-dir"))
+    work.set("download.mirrors", [CLOSED_PORT_MIRROR])
+    assert_refused(work, "download", "no-such-dir", CLOSED_PORT_MIRROR)
+
+
+# ---- models: the evaluate stage, on a real (subset) split, with one bad weights file ----
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
+    """A working directory after a real split (subset) and evaluate of two small models."""
+    work = Workdir.with_project_params(tmp_path_factory.mktemp("evaluated"))
+    shutil.copytree(raw_dir, work.path / RAW_DIR)
+    work.set("split.subset", 3000)
+    work.set("split.val_size", 500)
+    for path in MODELS.values():
+        (work.path / path).parent.mkdir(parents=True, exist_ok=True)
+        save_model(MLP(MLPConfig(hidden=(16,))), work.path / path, {"final_lr": 0.0})
+    for stage in ("split", "evaluate"):
+        result = work.run(stage)
+        assert result.returncode == 0, result.stderr
+    return work.path
+
+
+@pytest.fixture()
+def work_with_models(evaluated: Path, tmp_path: Path) -> Workdir:
+    shutil.copytree(evaluated, tmp_path / "work")
+    return Workdir(tmp_path / "work")
+
+
+class ShellOnLoad:
+    """Unpickling this would create a file: proof of whether a loader ran pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def write_pickle(path: Path) -> None:
+    path.write_bytes(pickle.dumps({"weights": ShellOnLoad(path.parent / "pwned")}))
+
+
+def write_truncated(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def write_wrong_shapes(path: Path) -> None:
+    # the weights of a (8,)-hidden MLP under the metadata of the (16,)-hidden one it replaces
+    metadata = {"fashion_mlp": _metadata_of(path)}
+    save_file(MLP(MLPConfig(hidden=(8,))).state_dict(), path, metadata=metadata)
+
+
+def _metadata_of(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata()["fashion_mlp"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "phrases"),
+    [
+        (write_pickle, ["not a valid safetensors file", "never unpickled"]),
+        (write_truncated, ["not a valid safetensors file"]),
+        (write_wrong_shapes, ["do not fit"]),
+    ],
+)
+def test_bad_weights_files_are_refused_without_running_them(
+    work_with_models: Workdir, damage: Callable[[Path], None], phrases: list[str]
+) -> None:
+    damage(work_with_models.path / TRAIN_MODEL)
+    assert_refused(work_with_models, "evaluate", str(TRAIN_MODEL), *phrases)
+    assert not (work_with_models.path / TRAIN_MODEL).with_name("pwned").exists()
+
+
+def test_onnx_parity_failure_reports_the_largest_difference(work_with_models: Workdir) -> None:
+    work_with_models.set("export.atol", 1e-12)
+    message = assert_refused(
+        work_with_models, "export", "export.atol 1e-12", "Nothing was exported"
+    )
+    largest = float(message.split("max |logit difference| ")[1].split()[0])
+    assert 0 < largest < 1e-3  # a real float32 difference, reported, not a placeholder
