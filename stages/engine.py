@@ -143,12 +143,15 @@ def fit(
     after_step: Callable[[], object] | None = None,
     after_epoch: Callable[[], object] | None = None,
     scored: nn.Module | None = None,
+    first_epoch: int = 1,
+    logged: Callable[[int], object] | None = None,
 ) -> None:
-    """Train for `epochs`, logging the validation score of `scored` (default: `model`) before
-    the first epoch and after each one."""
+    """Train epochs `first_epoch`..`epochs`, logging the validation score of `scored` (default:
+    `model`) before the first epoch and after each one; `logged(epoch)` runs after each log."""
     scored = scored or model
-    log.log(0, current_lr(optimizer), None, evaluate(scored, val_data, loss_fn))
-    for epoch in range(1, epochs + 1):
+    if first_epoch == 1:
+        log.log(0, current_lr(optimizer), None, evaluate(scored, val_data, loss_fn))
+    for epoch in range(first_epoch, epochs + 1):
         lr = current_lr(optimizer)
         stats = train_epoch(
             model, train_data, loss_fn, optimizer, batch_size, generator,
@@ -157,6 +160,8 @@ def fit(
         if after_epoch is not None:
             after_epoch()
         log.log(epoch, lr, stats, evaluate(scored, val_data, loss_fn))
+        if logged is not None:
+            logged(epoch)
 
 
 def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -178,14 +183,25 @@ class EpochLog:
         self.bar = tqdm(total=epochs, desc=name, unit="epoch", disable=not sys.stderr.isatty())
         self.started = self.last = time.perf_counter()
         self.epoch_seconds: list[float] = []
+        self.history: list[dict[str, float]] = []
+        """Every step's metrics, so a resumed run can replay what the killed one logged."""
+
+    def replay(self, history: list[dict[str, float]]) -> None:
+        for metrics in history:
+            self._log_to_live(metrics)
+        self.bar.update(max(0, len(history) - 1))
+
+    def _log_to_live(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.live.log_metric(key, value)
+        self.live.next_step()
+        self.history.append(metrics)
 
     def log(self, epoch: int, lr: float, train: Stats | None, val: Stats) -> None:
         metrics = {"lr": lr, "val/loss": val.loss, "val/acc": val.accuracy}
         if train is not None:
             metrics |= {"train/loss": train.loss, "train/acc": train.accuracy}
-        for key, value in metrics.items():
-            self.live.log_metric(key, value)
-        self.live.next_step()
+        self._log_to_live(metrics)
 
         now = time.perf_counter()
         if train is not None:

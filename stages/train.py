@@ -2,20 +2,36 @@
 
 Logs train/validation loss and accuracy and the learning rate per epoch with dvclive, so
 `dvc plots show` draws the overfitting picture, and writes the weights as safetensors.
+
+After every epoch the full training state goes to models/resume/; a run that was killed resumes
+from it when params, data and code are unchanged, and ends with the bytes an uninterrupted run
+would have written. The state file is removed once the model is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
 
-from stages.checkpoints import save_model
+from stages.checkpoints import TrainingState, load_training_state, save_model, save_training_state
 from stages.cli import run_stage
 from stages.data import load_split
 from stages.engine import epoch_log, fit, resolve_device, seed_everything, steps_per_epoch
+from stages.files import sha256_file
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
-from stages.params import load_params
-from stages.paths import TRAIN_DATA, TRAIN_LIVE, TRAIN_MODEL, TRAIN_RESOURCES, VAL_DATA
+from stages.params import Params, load_params
+from stages.paths import (
+    TRAIN_DATA,
+    TRAIN_LIVE,
+    TRAIN_MODEL,
+    TRAIN_RESOURCES,
+    TRAIN_RESUME,
+    VAL_DATA,
+)
 
 
 def main() -> None:
@@ -33,19 +49,44 @@ def main() -> None:
     scheduler, per_batch = build_scheduler(optimizer, cfg, steps)
     step = scheduler.step if scheduler is not None else None
 
+    generator = torch.Generator().manual_seed(cfg.seed)
+    fingerprint = run_fingerprint(params)
+    resumed = load_training_state(TRAIN_RESUME, fingerprint, model, optimizer, scheduler, generator)
+
     print(
         f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}, {cfg.optimizer}, {cfg.scheduler}"
     )
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
+
+        def save_state(epoch: int) -> None:
+            state = TrainingState(epoch, log.history)
+            save_training_state(
+                TRAIN_RESUME, fingerprint, state, model, optimizer, scheduler, generator
+            )
+
+        if resumed is not None:
+            print(f"train: resuming after epoch {resumed.epoch} from {TRAIN_RESUME}")
+            log.replay(resumed.history)
         fit(
             model, train_data, val_data, loss_fn, optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size,
-            generator=torch.Generator().manual_seed(cfg.seed), augmentation=cfg.augment,
+            generator=generator, augmentation=cfg.augment,
             bf16=cfg.precision == "bf16",
             after_step=step if per_batch else None, after_epoch=None if per_batch else step,
+            first_epoch=resumed.epoch + 1 if resumed else 1, logged=save_state,
         )  # fmt: skip
     save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
+    TRAIN_RESUME.unlink(missing_ok=True)
     print(f"wrote {TRAIN_MODEL}")
+
+
+def run_fingerprint(params: Params) -> str:
+    """What a saved training state must match: the params train reads, its data, all stage code."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([params.model.model_dump(), params.train.model_dump()]).encode())
+    for path in (TRAIN_DATA, VAL_DATA, *sorted(Path(__file__).parent.glob("*.py"))):
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -7,9 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.checkpoints import load_model, save_model
+from stages.checkpoints import (
+    TrainingState,
+    load_model,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
 from stages.cli import StageError
+from stages.data import Images
+from stages.engine import steps_per_epoch, train_epoch
 from stages.model import MLP, MLPConfig
+from stages.optim import build_loss, build_optimizer, build_scheduler
+from stages.params import Params
 
 
 def sha(path: Path) -> str:
@@ -82,3 +92,55 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) ->
 def test_missing_file_names_the_stage_to_run(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="is missing"):
         load_model(tmp_path / "none.safetensors")
+
+
+def training_run(params: Params, data: Images, seed: int):
+    """A model, optimizer (fused AdamW), per-batch one-cycle scheduler and shuffle generator."""
+    torch.manual_seed(seed)
+    model = MLP(MLPConfig(hidden=(32,), dropout=0.3))
+    optimizer = build_optimizer(model.parameters(), params.train, params.train.lr)
+    scheduler, _ = build_scheduler(optimizer, params.train, steps_per_epoch(len(data), 64))
+    return model, optimizer, scheduler, torch.Generator().manual_seed(seed)
+
+
+def run_epochs(params: Params, data: Images, run, epochs: int) -> None:
+    model, optimizer, scheduler, generator = run
+    for _ in range(epochs):
+        train_epoch(model, data, build_loss(params.train), optimizer, 64, generator,
+                    after_step=scheduler.step)  # fmt: skip
+
+
+def test_training_state_resumes_bit_for_bit(tmp_path: Path, params: Params, small_data) -> None:
+    data, _ = small_data
+    straight = training_run(params, data, seed=0)
+    run_epochs(params, data, straight, 3)
+
+    first = training_run(params, data, seed=0)
+    run_epochs(params, data, first, 1)
+    state = TrainingState(1, [{"val/acc": 0.5}])
+    save_training_state(tmp_path / "s.safetensors", "fp", state, *first)
+    torch.rand(100)  # whatever happens between the kill and the rerun
+
+    resumed = training_run(params, data, seed=123)  # different init: everything must be restored
+    loaded = load_training_state(tmp_path / "s.safetensors", "fp", *resumed)
+    assert loaded == state
+    run_epochs(params, data, resumed, 2)
+    for a, b in zip(
+        straight[0].state_dict().values(), resumed[0].state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_training_state_of_other_inputs_or_damaged_is_ignored(
+    tmp_path: Path, params: Params, small_data
+) -> None:
+    data, _ = small_data
+    run = training_run(params, data, seed=0)
+    path = tmp_path / "s.safetensors"
+    assert load_training_state(path, "fp", *run) is None  # no file
+    save_training_state(path, "fp", TrainingState(1, []), *run)
+    assert load_training_state(path, "other params", *run) is None
+    path.write_bytes(path.read_bytes()[:200])
+    assert load_training_state(path, "fp", *run) is None
+    path.write_bytes(pickle.dumps({"epoch": 1}))
+    assert load_training_state(path, "fp", *run) is None
