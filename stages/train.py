@@ -10,6 +10,7 @@ would have written. The state file is removed once the model is written.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -77,6 +78,8 @@ def main() -> None:
         )  # fmt: skip
     save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
     TRAIN_RESUME.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
+        TRAIN_RESUME.parent.rmdir()
     print(f"wrote {TRAIN_MODEL}")
 
 
