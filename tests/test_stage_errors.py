@@ -251,3 +251,17 @@ def test_onnx_parity_failure_reports_the_largest_difference(work_with_models: Wo
     )
     largest = float(message.split("max |logit difference| ")[1].split()[0])
     assert 0 < largest < 1e-3  # a real float32 difference, reported, not a placeholder
+
+
+def test_stages_debug_shows_the_traceback(work: Workdir) -> None:
+    work.set("train.lr", -0.1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STAGES_DEBUG": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.split"],
+        cwd=work.path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "train.lr" in result.stderr
