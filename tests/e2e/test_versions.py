@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import torch
+from moto.server import ThreadedMotoServer
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -106,15 +109,52 @@ def test_predict_classifies_image_files_with_a_tagged_model(
     assert lines[20].split(": ")[1].split(" ")[0] == predicted[0]
 
 
-def test_push_then_pull_a_tagged_model_in_a_fresh_clone(tagged: Project, tmp_path: Path) -> None:
-    remote = tmp_path / "remote"
-    tagged.run("dvc", "remote", "add", "--local", "-d", "store", str(remote))
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(params=["directory", "s3"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[Project], None]]:
+    """Configures a project (in its git-ignored .dvc/config.local) for a remote: a local
+    directory, or a bucket of an S3-compatible server (moto) started on loopback."""
+    server = None
+    if request.param == "directory":
+        url, settings, env = str(tmp_path / "remote"), {}, {}
+    else:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="models")  # fmt: skip
+        url, settings, env = "s3://models/fashion", {"endpointurl": endpoint}, S3_ENV
+
+    def configure(project: Project) -> None:
+        project.env.update(env)
+        project.run("dvc", "remote", "add", "--local", "--force", "-d", "store", url)
+        for key, value in settings.items():
+            project.run("dvc", "remote", "modify", "--local", "store", key, value)
+
+    yield configure
+    if server is not None:
+        server.stop()
+
+
+def test_push_then_pull_a_tagged_model_in_a_fresh_clone(
+    tagged: Project, remote: Callable[[Project], None], tmp_path: Path
+) -> None:
+    remote(tagged)
     tagged.run("dvc", "push", "-q")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(tagged.path), str(clone)], check=True, env=tagged.env)
     fresh = Project(clone)
     fresh.run("git", "checkout", "-q", TAG)
-    fresh.run("dvc", "remote", "add", "--local", "-d", "store", str(remote))
+    remote(fresh)
     fresh.run("dvc", "pull", "-q", "export")
     for name in ("model.safetensors", "model.onnx", "model_card.json"):
         assert digest(clone / EXPORT_DIR / name) == digest(tagged.path / EXPORT_DIR / name)
