@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset repro test lint exps bench
+.PHONY: help setup dataset repro test lint exps queue bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ exps: ## compare experiments: test scores, times and the params that differ
 	@$(UV) run --no-sync dvc exp show --only-changed --precision 4 \
 		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
 		--keep 'accuracy|f1_macro|train.json:seconds'
+
+JOBS ?= 2
+queue: ## run the queued experiments, JOBS workers (default 2), each on its share of the cores
+	OMP_NUM_THREADS=$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )) \
+		$(UV) run --no-sync dvc queue start --jobs $(JOBS)
 
 bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
 	$(UV) run --no-sync python bench/pipeline.py
