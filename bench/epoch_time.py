@@ -125,7 +125,7 @@ def project_epoch(data: Images, **overrides: object) -> Callable[[], object]:
     generator = torch.Generator().manual_seed(0)
     return lambda: train_epoch(
         model, data, loss_fn, optimizer, cfg.batch_size, generator,
-        bf16=cfg.precision == "bf16", after_step=after_step,
+        bf16=cfg.bf16, after_step=after_step,
     )  # fmt: skip
 
 

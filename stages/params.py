@@ -162,6 +162,10 @@ class Train(Strict):
     scheduler: Literal["none", "step", "multistep", "exponential", "cosine", "onecycle"]
     schedulers: Schedulers
 
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
 
 class Swa(Strict):
     epochs: Annotated[int, Field(ge=0)]

@@ -52,7 +52,7 @@ def average_weights(
         model, train_data, val_data, loss_fn, optimizer, log,
         epochs=cfg.epochs, batch_size=train_cfg.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed), augmentation=train_cfg.augment,
-        bf16=train_cfg.precision == "bf16", after_epoch=average_and_anneal, scored=swa_model.module,
+        bf16=train_cfg.bf16, after_epoch=average_and_anneal, scored=swa_model.module,
     )  # fmt: skip
     update_bn(
         batches(train_data.images, train_cfg.batch_size), swa_model, device=val_data.labels.device

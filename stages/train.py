@@ -72,7 +72,7 @@ def main() -> None:
             model, train_data, val_data, loss_fn, optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size,
             generator=generator, augmentation=cfg.augment,
-            bf16=cfg.precision == "bf16",
+            bf16=cfg.bf16,
             after_step=step if per_batch else None, after_epoch=None if per_batch else step,
             first_epoch=resumed.epoch + 1 if resumed else 1, logged=save_state,
         )  # fmt: skip

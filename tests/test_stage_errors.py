@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from safetensors.torch import save_file
 
-from stages.checkpoints import save_model
+from stages.checkpoints import METADATA_KEY, read_metadata, save_model
 from stages.fashion_mnist import RAW_FILES
 from stages.model import MLP, MLPConfig
 from stages.paths import MODELS, RAW_DIR, TRAIN_MODEL
@@ -217,15 +218,8 @@ def write_truncated(path: Path) -> None:
 
 def write_wrong_shapes(path: Path) -> None:
     # the weights of a (8,)-hidden MLP under the metadata of the (16,)-hidden one it replaces
-    metadata = {"fashion_mlp": _metadata_of(path)}
+    metadata = {METADATA_KEY: json.dumps(read_metadata(path), sort_keys=True)}
     save_file(MLP(MLPConfig(hidden=(8,))).state_dict(), path, metadata=metadata)
-
-
-def _metadata_of(path: Path) -> str:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        return f.metadata()["fashion_mlp"]
 
 
 @pytest.mark.parametrize(

@@ -129,8 +129,9 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
         boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-            region_name="us-east-1",
+            "s3", endpoint_url=endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_ENV["AWS_DEFAULT_REGION"],
         ).create_bucket(Bucket="models")  # fmt: skip
         url, settings, env = "s3://models/fashion", {"endpointurl": endpoint}, S3_ENV
 
