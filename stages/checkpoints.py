@@ -72,7 +72,8 @@ RESUME_KEY = "fashion_mlp_training_state"
 @dataclass
 class TrainingState:
     """What a killed run needs to continue bit for bit: the epoch reached, the per-epoch log
-    so far, and (in the file) model, optimizer, scheduler and RNG states."""
+    so far, and (in the file) model, optimizer and scheduler states. No RNG state: each epoch
+    seeds its own (engine.seed_epoch)."""
 
     epoch: int
     history: list[dict[str, float]]
@@ -85,16 +86,11 @@ def save_training_state(
     model: torch.nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
-    generator: torch.Generator,
 ) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for index, param_state in opt["state"].items():
         tensors |= {f"optimizer.{index}.{name}": v for name, v in param_state.items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.shuffle"] = generator.get_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     metadata = {
         "fingerprint": fingerprint,
         "epoch": state.epoch,
@@ -113,7 +109,6 @@ def load_training_state(
     model: torch.nn.Module,
     optimizer: Optimizer,
     scheduler: LRScheduler | None,
-    generator: torch.Generator,
 ) -> TrainingState | None:
     """Restore a run saved by save_training_state into the given objects and return where it
     stopped; None (and nothing restored) when there is no such file, it is unreadable, or it
@@ -138,8 +133,4 @@ def load_training_state(
     optimizer.load_state_dict({"state": opt_state, "param_groups": metadata["param_groups"]})
     if scheduler is not None:
         scheduler.load_state_dict(metadata["scheduler"])
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.shuffle"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
     return TrainingState(metadata["epoch"], metadata["history"])

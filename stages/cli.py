@@ -18,8 +18,17 @@ def run_stage(main: Callable[[], None]) -> None:
     except StageError as e:
         if os.environ.get("STAGES_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _report(f"error: {e}")
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: no output of this stage was written", file=sys.stderr)
+        _report("interrupted: no output of this stage was written")
         sys.exit(130)
+
+
+def _report(message: str) -> None:
+    """One write per message, so the lines of several torchrun processes do not interleave;
+    processes other than rank 0 say which they are."""
+    rank = os.environ.get("RANK", "0")
+    prefix = "" if rank == "0" else f"[rank {rank}] "
+    sys.stderr.write(f"{prefix}{message}\n")
+    sys.stderr.flush()

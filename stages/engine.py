@@ -1,7 +1,9 @@
 """The training and evaluation loops, shared by the train and swa stages.
 
 The whole split lives in memory as one float tensor (on the GPU when there is one); a batch is
-an index into it, so the loop does no per-sample Python work and no DataLoader copying.
+an index into it, so the loop does no per-sample Python work and no DataLoader copying. Under
+torchrun each process takes its share of every batch and of the validation set (see
+stages/distributed.py); the numbers logged are those of the whole batch and set.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 from stages.cli import StageError
 from stages.data import Images
+from stages.distributed import all_reduce_sum, is_main, rank, shard, unwrap, world_size
 from stages.files import atomic_dir, write_json
 from stages.model import predict_logits
 from stages.optim import LossFn, current_lr
@@ -53,21 +56,41 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def seed_epoch(seed: int, epoch: int) -> torch.Generator:
+    """Seed one epoch's randomness from (seed, epoch) alone, so a resumed run needs no saved RNG
+    state. Returns the shuffle and augmentation generator, the same in every process; the global
+    RNG (dropout) is seeded per process too, so processes draw different masks."""
+    torch.manual_seed(_mix(seed, epoch, rank()))
+    return torch.Generator().manual_seed(_mix(seed, epoch))
+
+
+def _mix(*keys: int) -> int:
+    return int(np.random.SeedSequence(keys).generate_state(1)[0])
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
-def augment(x: torch.Tensor, cfg: Augment, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, cfg: Augment, generator: torch.Generator, batch_size: int | None = None
+) -> torch.Tensor:
     """Random horizontal flips and shifts of up to cfg.max_shift pixels, per image, batched.
-    With both off, `x` comes back untouched and `generator` is not drawn from."""
+    With both off, `x` comes back untouched and `generator` is not drawn from.
+
+    Given `batch_size` (the whole batch, of which `x` is this process's share), draws for the
+    whole batch and uses this process's share, so every process's generator stays in step."""
     b, h, w = x.shape
+    n = b if batch_size is None else batch_size
+    mine = (lambda t: t) if batch_size is None else shard
     if cfg.hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        flip = mine(torch.rand(n, generator=generator) < 0.5).to(x.device)
         x = torch.where(flip[:, None, None], x.flip(-1), x)
     if cfg.max_shift == 0:
         return x
     s = cfg.max_shift
-    dy, dx = (torch.randint(-s, s + 1, (2, b), generator=generator) + s).to(x.device)
+    shifts = mine(torch.randint(-s, s + 1, (n, 2), generator=generator) + s)
+    dy, dx = shifts.T.to(x.device)
     padded = F.pad(x, (s,) * 4)
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = dx[:, None] + torch.arange(w, device=x.device)
@@ -98,33 +121,40 @@ def train_epoch(
     model.train()
     device = data.labels.device
     order = torch.randperm(len(data), generator=generator).to(device)
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    totals = torch.zeros(2, device=device)  # loss summed over images, images right
     for start in range(0, len(data), batch_size):
-        idx = order[start : start + batch_size]
+        batch = order[start : start + batch_size]
+        idx = shard(batch)
         # index_select gathers a batch twice as fast as x[idx] on CPU
         x, y = data.images.index_select(0, idx), data.labels.index_select(0, idx)
         if augmentation is not None:
-            x = augment(x, augmentation, generator)
+            x = augment(x, augmentation, generator, len(batch))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y) if len(y) else logits.sum()  # a share can be empty
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if world_size() == 1:
+            loss.backward()
+        else:  # DDP averages gradients over processes; weight each share by its size
+            (loss * (len(y) * world_size() / len(batch))).backward()
         optimizer.step()
         if after_step is not None:
             after_step()
-        total_loss += loss.detach() * len(idx)
-        correct += (logits.argmax(1) == y).sum()
-    return Stats(total_loss.item() / len(data), correct.item() / len(data))
+        totals[0] += loss.detach() * len(y)
+        totals[1] += (logits.argmax(1) == y).sum()
+    loss_sum, right = all_reduce_sum(totals).tolist()
+    return Stats(loss_sum / len(data), right / len(data))
 
 
 def evaluate(model: nn.Module, data: Images, loss_fn: LossFn) -> Stats:
-    logits = predict_logits(model, data.images)
-    return Stats(
-        loss_fn(logits, data.labels).item(),
-        (logits.argmax(1) == data.labels).float().mean().item(),
-    )
+    images, labels = shard(data.images), shard(data.labels)
+    logits = predict_logits(model, images)
+    totals = torch.stack([
+        loss_fn(logits, labels) * len(labels) if len(labels) else logits.sum(),
+        (logits.argmax(1) == labels).sum().float(),
+    ])  # fmt: skip
+    loss_sum, right = all_reduce_sum(totals).tolist()
+    return Stats(loss_sum / len(data), right / len(data))
 
 
 def fit(
@@ -137,7 +167,7 @@ def fit(
     *,
     epochs: int,
     batch_size: int,
-    generator: torch.Generator,
+    seed: int,
     augmentation: Augment | None,
     bf16: bool = False,
     after_step: Callable[[], object] | None = None,
@@ -147,14 +177,16 @@ def fit(
     logged: Callable[[int], object] | None = None,
 ) -> None:
     """Train epochs `first_epoch`..`epochs`, logging the validation score of `scored` (default:
-    `model`) before the first epoch and after each one; `logged(epoch)` runs after each log."""
-    scored = scored or model
+    `model`) before the first epoch and after each one; `logged(epoch)` runs after each log.
+    Each epoch's randomness comes from (`seed`, epoch), so starting at `first_epoch` continues a
+    run exactly."""
+    scored = scored or unwrap(model)
     if first_epoch == 1:
         log.log(0, current_lr(optimizer), None, evaluate(scored, val_data, loss_fn))
     for epoch in range(first_epoch, epochs + 1):
         lr = current_lr(optimizer)
         stats = train_epoch(
-            model, train_data, loss_fn, optimizer, batch_size, generator,
+            model, train_data, loss_fn, optimizer, batch_size, seed_epoch(seed, epoch),
             augmentation=augmentation, bf16=bf16, after_step=after_step,
         )  # fmt: skip
         if after_epoch is not None:
@@ -179,8 +211,12 @@ class EpochLog:
     """Per-epoch metrics to dvclive (for `dvc plots`) and a progress line or bar to the user."""
 
     def __init__(self, live, name: str, epochs: int) -> None:
+        """With `live` None, the log records history and prints nothing (DDP ranks but 0)."""
         self.live, self.name, self.epochs = live, name, epochs
-        self.bar = tqdm(total=epochs, desc=name, unit="epoch", disable=not sys.stderr.isatty())
+        self.quiet = live is None
+        self.bar = tqdm(
+            total=epochs, desc=name, unit="epoch", disable=self.quiet or not sys.stderr.isatty()
+        )
         self.started = self.last = time.perf_counter()
         self.epoch_seconds: list[float] = []
         self.history: list[dict[str, float]] = []
@@ -192,10 +228,12 @@ class EpochLog:
         self.bar.update(max(0, len(history) - 1))
 
     def _log_to_live(self, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        if self.quiet:
+            return
         for key, value in metrics.items():
             self.live.log_metric(key, value)
         self.live.next_step()
-        self.history.append(metrics)
 
     def log(self, epoch: int, lr: float, train: Stats | None, val: Stats) -> None:
         metrics = {"lr": lr, "val/loss": val.loss, "val/acc": val.accuracy}
@@ -212,6 +250,8 @@ class EpochLog:
             f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  ({now - self.last:.2f} s)"
         )
         self.last = now
+        if self.quiet:
+            return
         if self.bar.disable:
             print(line, flush=True)
         else:
@@ -226,18 +266,24 @@ class EpochLog:
         return {
             "seconds": round(time.perf_counter() - self.started, 2),
             "epoch_seconds": round(median, 3),
-            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+            "processes": world_size(),
+            "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),  # of rank 0
         }
 
     def close(self) -> None:
         self.bar.close()
-        print(f"{self.name}: {time.perf_counter() - self.started:.1f} s", flush=True)
+        if not self.quiet:
+            print(f"{self.name}: {time.perf_counter() - self.started:.1f} s", flush=True)
 
 
 @contextlib.contextmanager
 def epoch_log(live_dir: Path, resources_file: Path, name: str, epochs: int) -> Iterator[EpochLog]:
     """dvclive logging into a staging directory that replaces `live_dir` only on success, then
-    the run's time and peak memory to `resources_file`."""
+    the run's time and peak memory to `resources_file`. Only rank 0 logs: the other processes
+    compute the same numbers (stages/distributed.py) and get a log that keeps them to itself."""
+    if not is_main():
+        yield EpochLog(None, name, epochs)
+        return
     from dvclive import Live  # imports dvc: pay for it only in the stages that log
 
     with atomic_dir(live_dir) as staging:

@@ -146,9 +146,14 @@ class Augment(Strict):
     """Pixels; 0 turns shifting off."""
 
 
+Seed = Annotated[int, Field(ge=0)]
+
+
 class Train(Strict):
-    seed: int
+    seed: Seed
     device: Device
+    nproc: Annotated[int, Field(ge=1)]
+    """Processes to train in (DistributedDataParallel under torchrun); 1 = this process."""
     epochs: Annotated[int, Field(ge=0)]
     batch_size: Annotated[int, Field(gt=0)]
     precision: Literal["fp32", "bf16"]
@@ -173,7 +178,7 @@ class Swa(Strict):
     lr: PositiveFloat
     anneal_epochs: Annotated[int, Field(ge=0)]
     anneal_strategy: Literal["cos", "linear"]
-    seed: int
+    seed: Seed
 
 
 class Evaluate(Strict):

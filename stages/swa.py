@@ -4,7 +4,8 @@ Training continues from the trained weights for `swa.epochs`, with SWALR anneali
 rate from where training ended to `swa.lr`; after each epoch the weights join a running average
 (AveragedModel). `update_bn` then recomputes BatchNorm statistics for the averaged weights (a
 no-op for this MLP, kept so a model with BatchNorm stays correct). With `swa.epochs: 0` the
-trained model passes through unchanged, byte for byte.
+trained model passes through unchanged, byte for byte. `train.nproc` > 1 runs it as DDP
+processes, as for train.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from stages.checkpoints import load_model, save_model
 from stages.cli import run_stage
 from stages.data import Images, load_split
+from stages.distributed import is_main, launch_if_asked, process_group, wrap
 from stages.engine import EpochLog, batches, epoch_log, fit, resolve_device, seed_everything
 from stages.optim import build_loss, build_optimizer
-from stages.params import Swa, Train, load_params
+from stages.params import Params, Swa, Train, load_params
 from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 
 
@@ -49,10 +51,10 @@ def average_weights(
         swa_scheduler.step()
 
     fit(
-        model, train_data, val_data, loss_fn, optimizer, log,
-        epochs=cfg.epochs, batch_size=train_cfg.batch_size,
-        generator=torch.Generator().manual_seed(cfg.seed), augmentation=train_cfg.augment,
-        bf16=train_cfg.bf16, after_epoch=average_and_anneal, scored=swa_model.module,
+        wrap(model, val_data.labels.device), train_data, val_data, loss_fn, optimizer, log,
+        epochs=cfg.epochs, batch_size=train_cfg.batch_size, seed=cfg.seed,
+        augmentation=train_cfg.augment, bf16=train_cfg.bf16,
+        after_epoch=average_and_anneal, scored=swa_model.module,
     )  # fmt: skip
     update_bn(
         batches(train_data.images, train_cfg.batch_size), swa_model, device=val_data.labels.device
@@ -62,17 +64,27 @@ def average_weights(
 
 def main() -> None:
     params = load_params()
+    device = resolve_device(params.train.device)
+    launch_if_asked("stages.swa", params.train.nproc, device)
+    with process_group(device) as device:
+        finalize(params, device)
+
+
+def finalize(params: Params, device: torch.device) -> None:
     cfg, train_cfg = params.swa, params.train
-    device = resolve_device(train_cfg.device)
     seed_everything(cfg.seed, device)
     model, info = load_model(TRAIN_MODEL, device)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
-    print(f"swa: {cfg.epochs} epochs from {TRAIN_MODEL}, lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")
+    if is_main():
+        print(f"swa: {cfg.epochs} epochs from {TRAIN_MODEL}, "
+              f"lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")  # fmt: skip
     with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
         swa_model = average_weights(
             model, train_data, val_data, cfg, train_cfg, info["final_lr"], log
         )
+    if not is_main():
+        return
     if cfg.epochs == 0:
         shutil.copyfile(TRAIN_MODEL, SWA_MODEL)
     else:

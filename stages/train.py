@@ -6,6 +6,9 @@ Logs train/validation loss and accuracy and the learning rate per epoch with dvc
 After every epoch the full training state goes to models/resume/; a run that was killed resumes
 from it when params, data and code are unchanged, and ends with the bytes an uninterrupted run
 would have written. The state file is removed once the model is written.
+
+With `train.nproc` > 1 the stage runs itself as that many DistributedDataParallel processes
+(torchrun); `torchrun --nproc-per-node=N -m stages.train` works too (stages/distributed.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from stages.checkpoints import TrainingState, load_training_state, save_model, save_training_state
 from stages.cli import run_stage
 from stages.data import load_split
+from stages.distributed import is_main, launch_if_asked, process_group, world_size, wrap
 from stages.engine import epoch_log, fit, resolve_device, seed_everything, steps_per_epoch
 from stages.files import sha256_file
 from stages.model import MLP, MLPConfig
@@ -37,8 +41,14 @@ from stages.paths import (
 
 def main() -> None:
     params = load_params()
+    device = resolve_device(params.train.device)
+    launch_if_asked("stages.train", params.train.nproc, device)
+    with process_group(device) as device:
+        train(params, device)
+
+
+def train(params: Params, device: torch.device) -> None:
     cfg = params.train
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed, device)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
@@ -50,32 +60,33 @@ def main() -> None:
     scheduler, per_batch = build_scheduler(optimizer, cfg, steps)
     step = scheduler.step if scheduler is not None else None
 
-    generator = torch.Generator().manual_seed(cfg.seed)
     fingerprint = run_fingerprint(params)
-    resumed = load_training_state(TRAIN_RESUME, fingerprint, model, optimizer, scheduler, generator)
+    resumed = load_training_state(TRAIN_RESUME, fingerprint, model, optimizer, scheduler)
 
-    print(
-        f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}, {cfg.optimizer}, {cfg.scheduler}"
-    )
+    if is_main():
+        processes = f" in {world_size()} processes" if world_size() > 1 else ""
+        print(f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}{processes}, "
+              f"{cfg.optimizer}, {cfg.scheduler}")  # fmt: skip
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
 
         def save_state(epoch: int) -> None:
             state = TrainingState(epoch, log.history)
-            save_training_state(
-                TRAIN_RESUME, fingerprint, state, model, optimizer, scheduler, generator
-            )
+            save_training_state(TRAIN_RESUME, fingerprint, state, model, optimizer, scheduler)
 
         if resumed is not None:
-            print(f"train: resuming after epoch {resumed.epoch} from {TRAIN_RESUME}")
+            if is_main():
+                print(f"train: resuming after epoch {resumed.epoch} from {TRAIN_RESUME}")
             log.replay(resumed.history)
         fit(
-            model, train_data, val_data, loss_fn, optimizer, log,
-            epochs=cfg.epochs, batch_size=cfg.batch_size,
-            generator=generator, augmentation=cfg.augment,
-            bf16=cfg.bf16,
+            wrap(model, device), train_data, val_data, loss_fn, optimizer, log,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+            augmentation=cfg.augment, bf16=cfg.bf16,
             after_step=step if per_batch else None, after_epoch=None if per_batch else step,
-            first_epoch=resumed.epoch + 1 if resumed else 1, logged=save_state,
+            first_epoch=resumed.epoch + 1 if resumed else 1,
+            logged=save_state if is_main() else None,
         )  # fmt: skip
+    if not is_main():
+        return
     save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
     TRAIN_RESUME.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
@@ -84,9 +95,11 @@ def main() -> None:
 
 
 def run_fingerprint(params: Params) -> str:
-    """What a saved training state must match: the params train reads, its data, all stage code."""
+    """What a saved training state must match: the params train reads, the process count, its
+    data, all stage code."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([params.model.model_dump(), params.train.model_dump()]).encode())
+    config = [params.model.model_dump(), params.train.model_dump(), world_size()]
+    digest.update(json.dumps(config).encode())
     for path in (TRAIN_DATA, VAL_DATA, *sorted(Path(__file__).parent.glob("*.py"))):
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()

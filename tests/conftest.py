@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from stages.data import Images
 from stages.fashion_mnist import read_images_and_labels
@@ -45,3 +51,40 @@ def small_data(train_arrays: tuple[np.ndarray, np.ndarray]) -> tuple[Images, Ima
     """1,000 real training images and 200 real validation images."""
     images, labels = train_arrays
     return as_images(images[:1000], labels[:1000]), as_images(images[1000:1200], labels[1000:1200])
+
+
+class Workdir:
+    """A stage's working directory: params.yaml, the inputs a case sets up, and earlier outputs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def with_project_params(cls, path: Path) -> Workdir:
+        shutil.copy(ROOT / "params.yaml", path / "params.yaml")
+        return cls(path)
+
+    def set(self, dotted: str, value: object) -> None:
+        raw = yaml.safe_load((self.path / "params.yaml").read_text())
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        (self.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def run(self, stage: str, *launcher: str) -> subprocess.CompletedProcess[str]:
+        """`python [launcher ...] -m stages.<stage>` in this directory, with this checkout's code."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("STAGES_DEBUG", None)
+        return subprocess.run(
+            [sys.executable, *launcher, "-m", f"stages.{stage}"],
+            cwd=self.path, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    def snapshot(self) -> dict[str, str]:
+        return {
+            str(p.relative_to(self.path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(self.path.rglob("*"))
+            if p.is_file()
+        }

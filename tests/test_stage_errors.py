@@ -5,7 +5,6 @@ nothing half-written, no earlier output lost."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import pickle
@@ -16,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from safetensors.torch import save_file
 
 from stages.checkpoints import METADATA_KEY, read_metadata, save_model
@@ -24,45 +22,9 @@ from stages.fashion_mnist import RAW_FILES
 from stages.model import MLP, MLPConfig
 from stages.paths import MODELS, RAW_DIR, TRAIN_MODEL
 
-from .conftest import ROOT
+from .conftest import ROOT, Workdir
 
 CLOSED_PORT_MIRROR = "http://127.0.0.1:9/"  # the discard port: nothing listens, refused at once
-
-
-class Workdir:
-    """A stage's working directory: params.yaml, the inputs a case sets up, and earlier outputs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @classmethod
-    def with_project_params(cls, path: Path) -> Workdir:
-        shutil.copy(ROOT / "params.yaml", path / "params.yaml")
-        return cls(path)
-
-    def set(self, dotted: str, value: object) -> None:
-        raw = yaml.safe_load((self.path / "params.yaml").read_text())
-        *parents, last = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node[key]
-        node[last] = value
-        (self.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-    def run(self, stage: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        env.pop("STAGES_DEBUG", None)
-        return subprocess.run(
-            [sys.executable, "-m", f"stages.{stage}"],
-            cwd=self.path, env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-
-    def snapshot(self) -> dict[str, str]:
-        return {
-            str(p.relative_to(self.path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(self.path.rglob("*"))
-            if p.is_file()
-        }
 
 
 def assert_refused(work: Workdir, stage: str, *phrases: str) -> str:

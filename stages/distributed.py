@@ -1,0 +1,138 @@
+"""Data parallelism for the train and swa stages: the same code runs as one process or as N
+DistributedDataParallel processes started by torchrun (gloo on CPU, NCCL on GPU).
+
+Every process holds the whole split and walks the same shuffled order; each takes its share of
+every batch (`shard`), and the loss is weighted so DDP's gradient average equals the gradient of
+the whole batch, so `train.batch_size` and `train.lr` mean the same at any process count. Only
+rank 0 writes files. Without torchrun, `rank()` is 0, `world_size()` is 1 and every helper here
+is the identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from stages.cli import StageError
+
+LAUNCHED_ENV = "LOCAL_RANK"
+"""Set by torchrun in each process it starts."""
+
+
+def launched_by_torchrun() -> bool:
+    return LAUNCHED_ENV in os.environ
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shard(t: torch.Tensor) -> torch.Tensor:
+    """This process's contiguous share of `t` along dim 0 (shares differ by at most one row)."""
+    return t.tensor_split(world_size())[rank()] if dist.is_initialized() else t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over all processes, in place; unchanged in a single process."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` under DistributedDataParallel when there is more than one process."""
+    if world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[torch.device]:
+    """Join torchrun's process group when started by it, and yield this process's device
+    (cuda:LOCAL_RANK on GPU). Callers must drop their DDP model and optimizer before the block
+    ends: a gloo group destroyed while they live can hang at exit."""
+    if not launched_by_torchrun():
+        yield device
+        return
+    if device.type == "cuda":
+        local_rank = int(os.environ[LAUNCHED_ENV])
+        if local_rank >= torch.cuda.device_count():
+            raise StageError(
+                f"process {local_rank} of this machine has no GPU: {torch.cuda.device_count()} "
+                "CUDA devices; start at most that many processes (train.nproc)"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield device
+    finally:
+        dist.destroy_process_group()
+
+
+def threads_per_process(nproc: int) -> int:
+    return max(1, (os.cpu_count() or 1) // nproc)
+
+
+def launch(module: str, nproc: int) -> int:
+    """Run `python -m module` as `nproc` torchrun workers on this machine (torchrun --standalone)
+    and return their exit status. Each worker gets an equal share of the cores, unless
+    OMP_NUM_THREADS says otherwise."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
+    # torchrun's agent logs each worker failure with a traceback of its own; the worker has
+    # already printed what went wrong, so keep the agent's logging to errors of its own.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", module]))
+    except ChildFailedError as e:
+        # the first process to fail is the cause; torchrun stopped the others
+        first, failure = e.get_first_failure()
+        print(f"{module}: {len(e.failures)} of {nproc} processes failed, first rank {first} "
+              f"(exit {failure.exitcode})", file=sys.stderr)  # fmt: skip
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as e:  # torchrun's agent got SIGINT/SIGTERM and stopped the workers
+        print(f"{module}: interrupted ({e.sigval.name}); no output was written", file=sys.stderr)
+        return 128 + e.sigval
+    return 0
+
+
+def launch_if_asked(module: str, nproc: int, device: torch.device) -> None:
+    """In a process torchrun did not start, with nproc > 1: run `module` as nproc workers
+    instead and exit with their status. Otherwise return, and this process does the work."""
+    if nproc == 1 or launched_by_torchrun():
+        return
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise StageError(
+            f"train.nproc = {nproc} but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s): one process per GPU; lower train.nproc or set train.device: cpu"
+        )
+    sys.exit(launch(module, nproc))

@@ -1,0 +1,182 @@
+"""train and swa as DistributedDataParallel processes: 2 gloo processes on CPU, real torchrun.
+
+Run as a module under torchrun, this file is also the worker of the first test:
+    python -m torch.distributed.run --standalone --nproc-per-node=2 -m tests.test_distributed OUT
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stages.data import Images
+from stages.distributed import is_main, process_group, wrap
+from stages.engine import Stats, train_epoch
+from stages.files import PARTIAL_SUFFIX
+from stages.model import MLP, MLPConfig
+from stages.optim import build_loss
+from stages.params import PARAMS_FILE, Augment, Params, load_params
+from stages.paths import RAW_DIR, SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
+
+from .conftest import ROOT, Workdir
+
+
+def one_epoch(params: Params) -> tuple[MLP, Stats]:
+    """Three SGD steps over 9 images in batches of 4, with flips and shifts, from a fixed init.
+    In two processes the shares of the batches are 2+2, 2+2 and 1+0: uneven, and one empty."""
+    g = torch.Generator().manual_seed(0)
+    data = Images(torch.rand(9, 28, 28, generator=g), torch.randint(0, 10, (9,), generator=g))
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(16,), dropout=0.0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    stats = train_epoch(
+        wrap(model, torch.device("cpu")), data, build_loss(params.train), optimizer, 4,
+        torch.Generator().manual_seed(1), augmentation=Augment(hflip=True, max_shift=2),
+    )  # fmt: skip
+    return model, stats
+
+
+def worker(out: Path) -> None:
+    with process_group(torch.device("cpu")):
+        model, stats = one_epoch(load_params(ROOT / PARAMS_FILE))
+        if is_main():
+            save_file(model.state_dict(), out / "weights.safetensors")
+            (out / "stats.json").write_text(json.dumps([stats.loss, stats.accuracy]))
+
+
+def torchrun(nproc: int) -> list[str]:
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+
+
+def test_two_processes_take_the_steps_one_process_takes(tmp_path: Path, params: Params) -> None:
+    result = subprocess.run(
+        [sys.executable, *torchrun(2), "-m", "tests.test_distributed", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    model, stats = one_epoch(params)
+    two = load_file(tmp_path / "weights.safetensors")
+    for name, weight in model.state_dict().items():
+        torch.testing.assert_close(two[name], weight, rtol=1e-5, atol=1e-6)
+    loss, accuracy = json.loads((tmp_path / "stats.json").read_text())
+    assert loss == pytest.approx(stats.loss, rel=1e-5)
+    assert accuracy == stats.accuracy
+
+
+# ---- the stages themselves, on a real (subset) split ----
+
+EPOCHS, SWA_EPOCHS = 4, 2
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def column(tsv: Path, name: str) -> list[float]:
+    with tsv.open() as f:
+        return [float(row[name]) for row in csv.DictReader(f, delimiter="\t")]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
+    """A working directory with a 5,000/1,000 split of the real training images."""
+    work = Workdir.with_project_params(tmp_path_factory.mktemp("split"))
+    shutil.copytree(raw_dir, work.path / RAW_DIR)
+    work.set("split.subset", 6000)
+    work.set("split.val_size", 1000)
+    work.set("train.epochs", EPOCHS)
+    work.set("swa.epochs", SWA_EPOCHS)
+    result = work.run("split")
+    assert result.returncode == 0, result.stderr
+    return work
+
+
+def copy_of(work: Workdir, path: Path) -> Workdir:
+    shutil.copytree(work.path, path)
+    return Workdir(path)
+
+
+@pytest.fixture(scope="module")
+def two_processes(split: Workdir, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """train then swa with train.nproc = 2, started the way dvc repro starts them."""
+    work = copy_of(split, tmp_path_factory.mktemp("ddp") / "work")
+    work.set("train.nproc", 2)
+    before = set(work.snapshot())
+    runs = {stage: work.run(stage) for stage in ("train", "swa")}
+    for result in runs.values():
+        assert result.returncode == 0, result.stdout + result.stderr
+    return {"work": work, "runs": runs, "new": set(work.snapshot()) - before}
+
+
+def test_train_and_swa_in_two_processes_converge_and_write_once(two_processes: dict) -> None:
+    work, runs = two_processes["work"].path, two_processes["runs"]
+    assert "in 2 processes" in runs["train"].stdout
+    for stage, model in (("train", TRAIN_MODEL), ("swa", SWA_MODEL)):
+        out = runs[stage].stdout
+        assert out.count(f"wrote {model}") == 1, out  # only rank 0 writes
+        assert out.count(f"{stage} epoch 1/") == 1, out  # and logs
+        resources = json.loads((work / f"metrics/resources/{stage}.json").read_text())
+        assert resources["processes"] == 2
+    val_loss = column(work / "metrics/train/plots/metrics/val/loss.tsv", "loss")
+    val_acc = column(work / "metrics/train/plots/metrics/val/acc.tsv", "acc")
+    assert len(val_loss) == len(val_acc) == EPOCHS + 1  # one row per epoch, not one per process
+    assert val_loss[-1] < 0.6 * val_loss[0] and val_acc[-1] > 0.75
+    swa_acc = column(work / "metrics/swa/plots/metrics/val/acc.tsv", "acc")
+    assert len(swa_acc) == SWA_EPOCHS + 1 and swa_acc[-1] > 0.75
+    # atomic: no staging file, no leftover training state, nothing but the outputs
+    assert not any(PARTIAL_SUFFIX in name for name in two_processes["new"])
+    assert not (work / TRAIN_RESUME).exists()
+    assert {Path(name).parts[0] for name in two_processes["new"]} == {"models", "metrics"}
+
+
+def test_two_processes_learn_as_one_does(
+    split: Workdir, two_processes: dict, tmp_path: Path
+) -> None:
+    one = copy_of(split, tmp_path / "work")
+    result = one.run("train")
+    assert result.returncode == 0, result.stderr
+    accuracies = [
+        column(w.path / "metrics/train/plots/metrics/val/acc.tsv", "acc")
+        for w in (one, two_processes["work"])
+    ]
+    # same batches and gradients of the whole batch; only the dropout masks differ
+    assert accuracies[0][-1] == pytest.approx(accuracies[1][-1], abs=0.02)
+
+
+def test_torchrun_started_by_hand_writes_the_same_model(
+    split: Workdir, two_processes: dict, tmp_path: Path
+) -> None:
+    work = copy_of(split, tmp_path / "work")
+    work.set("train.nproc", 2)
+    result = work.run("train", *torchrun(2))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sha256(work.path / TRAIN_MODEL) == sha256(two_processes["work"].path / TRAIN_MODEL)
+
+
+def test_a_failure_in_the_processes_is_one_clean_error(split: Workdir, tmp_path: Path) -> None:
+    work = copy_of(split, tmp_path / "work")
+    work.set("train.nproc", 2)
+    shutil.rmtree(work.path / SPLIT_DIR)
+    before = work.snapshot()
+    result = work.run("train")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(("error: ", "[rank 1] error: ")) and "is missing" in first
+    assert work.snapshot() == before
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
