@@ -60,8 +60,11 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    # gradients as views into DDP's buckets: no copy into the buckets and back each step
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
     )
 
 

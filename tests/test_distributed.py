@@ -141,20 +141,6 @@ def test_train_and_swa_in_two_processes_converge_and_write_once(two_processes: d
     assert {Path(name).parts[0] for name in two_processes["new"]} == {"models", "metrics"}
 
 
-def test_two_processes_learn_as_one_does(
-    split: Workdir, two_processes: dict, tmp_path: Path
-) -> None:
-    one = copy_of(split, tmp_path / "work")
-    result = one.run("train")
-    assert result.returncode == 0, result.stderr
-    accuracies = [
-        column(w.path / "metrics/train/plots/metrics/val/acc.tsv", "acc")
-        for w in (one, two_processes["work"])
-    ]
-    # same batches and gradients of the whole batch; only the dropout masks differ
-    assert accuracies[0][-1] == pytest.approx(accuracies[1][-1], abs=0.02)
-
-
 def test_torchrun_started_by_hand_writes_the_same_model(
     split: Workdir, two_processes: dict, tmp_path: Path
 ) -> None:

@@ -57,6 +57,7 @@ def work(tmp_path: Path) -> Workdir:
         ("train.epochs", -1, ["train.epochs", "greater than or equal to 0"]),
         ("train.lr", -0.1, ["train.lr", "greater than 0"]),
         ("train.batch_size", 0, ["train.batch_size", "greater than 0"]),
+        ("train.nproc", 0, ["train.nproc", "greater than or equal to 1"]),
         ("split.val_size", 60_000, ["split.val_size"]),
         ("train.optimizer", "adamx", ["train.optimizer", "'adamw'"]),
         ("train.scheduler", "cosin", ["train.scheduler", "'cosine'"]),

@@ -20,7 +20,7 @@ from .conftest import SMALL, Project, lock_hashes, make_project, merged
 pytestmark = pytest.mark.e2e
 
 EPOCHS = 30  # a few seconds of training on the subset, so there is time to kill it mid-run
-KILLS = 3
+KILLS = 2  # one killed `dvc repro`, then a killed forced rerun
 
 
 FORCED = ("--force", "--no-run-cache", "--single-item")
