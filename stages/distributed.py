@@ -11,6 +11,7 @@ is the identity.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -78,7 +79,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def process_group(device: torch.device) -> Iterator[torch.device]:
     """Join torchrun's process group when started by it, and yield this process's device
     (cuda:LOCAL_RANK on GPU). Callers must drop their DDP model and optimizer before the block
-    ends: a gloo group destroyed while they live can hang at exit."""
+    ends (keep them in a function called inside it): a gloo group destroyed while they live can
+    hang at exit."""
     if not launched_by_torchrun():
         yield device
         return
@@ -95,6 +97,7 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     try:
         yield device
     finally:
+        gc.collect()  # DDP's reducer can sit in a reference cycle that outlives the caller
         dist.destroy_process_group()
 
 
@@ -111,8 +114,8 @@ def launch(module: str, nproc: int) -> int:
     from torch.distributed.run import parse_args, run
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(nproc)))
-    # torchrun's agent logs each worker failure with a traceback of its own; the worker has
-    # already printed what went wrong, so keep the agent's logging to errors of its own.
+    # torchrun's agent reports a failed worker with a traceback and a page of details; the
+    # worker has printed what went wrong and the summary below names it, so silence the agent.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", module]))
