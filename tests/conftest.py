@@ -17,6 +17,7 @@ import yaml
 from stages.data import Images
 from stages.fashion_mnist import read_images_and_labels
 from stages.params import PARAMS_FILE, Params, load_params
+from stages.paths import RAW_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -63,6 +64,15 @@ class Workdir:
     def with_project_params(cls, path: Path) -> Workdir:
         shutil.copy(ROOT / "params.yaml", path / "params.yaml")
         return cls(path)
+
+    @classmethod
+    def with_raw_data(cls, path: Path, raw_dir: Path, subset: int, val_size: int) -> Workdir:
+        """The project's params, the raw FashionMNIST files, and a stratified subset to split."""
+        work = cls.with_project_params(path)
+        shutil.copytree(raw_dir, work.path / RAW_DIR)
+        work.set("split.subset", subset)
+        work.set("split.val_size", val_size)
+        return work
 
     def set(self, dotted: str, value: object) -> None:
         raw = yaml.safe_load((self.path / "params.yaml").read_text())

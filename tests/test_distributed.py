@@ -26,7 +26,7 @@ from stages.files import PARTIAL_SUFFIX
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss
 from stages.params import PARAMS_FILE, Augment, Params, load_params
-from stages.paths import RAW_DIR, SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
+from stages.paths import SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
 
 from .conftest import ROOT, Workdir
 
@@ -92,10 +92,7 @@ def column(tsv: Path, name: str) -> list[float]:
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
     """A working directory with a 5,000/1,000 split of the real training images."""
-    work = Workdir.with_project_params(tmp_path_factory.mktemp("split"))
-    shutil.copytree(raw_dir, work.path / RAW_DIR)
-    work.set("split.subset", 6000)
-    work.set("split.val_size", 1000)
+    work = Workdir.with_raw_data(tmp_path_factory.mktemp("split"), raw_dir, 6000, 1000)
     work.set("train.epochs", EPOCHS)
     work.set("swa.epochs", SWA_EPOCHS)
     result = work.run("split")

@@ -142,10 +142,7 @@ def test_missing_source_dir_while_offline_names_every_source(work: Workdir) -> N
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
     """A working directory after a real split (subset) and evaluate of two small models."""
-    work = Workdir.with_project_params(tmp_path_factory.mktemp("evaluated"))
-    shutil.copytree(raw_dir, work.path / RAW_DIR)
-    work.set("split.subset", 3000)
-    work.set("split.val_size", 500)
+    work = Workdir.with_raw_data(tmp_path_factory.mktemp("evaluated"), raw_dir, 3000, 500)
     for path in MODELS.values():
         (work.path / path).parent.mkdir(parents=True, exist_ok=True)
         save_model(MLP(MLPConfig(hidden=(16,))), work.path / path, {"final_lr": 0.0})
