@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 from pathlib import Path
 
 import pytest
 import yaml
+from ruamel.yaml import YAML
 
 from stages import paths
 
@@ -105,3 +107,25 @@ def test_metrics_and_plots_point_into_stage_outputs() -> None:
 def test_the_exported_model_is_a_registered_artifact() -> None:
     (artifact,) = DVC_YAML["artifacts"].values()
     assert artifact["type"] == "model" and artifact["path"] == str(paths.EXPORT_DIR)
+
+
+def test_committed_lock_matches_the_code_and_params() -> None:
+    """dvc.lock records the run the README quotes; after a change to a stage's code or params
+    it must be re-recorded (`make repro`, commit dvc.lock), or `dvc status` shows the pipeline
+    as changed in every fresh clone."""
+    yaml12 = YAML(typ="safe")  # as DVC reads them: `1e-08` is a float in YAML 1.2, not in 1.1
+    lock = yaml12.load((ROOT / "dvc.lock").read_text())["stages"]
+    params = yaml12.load((ROOT / "params.yaml").read_text())
+    stale = []
+    for name, stage in lock.items():
+        for dep in stage["deps"]:
+            path = ROOT / dep["path"]
+            if path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() != dep["md5"]:
+                stale.append(f"{name}: {dep['path']}")
+        for key, value in stage.get("params", {}).get("params.yaml", {}).items():
+            current = params
+            for part in key.split("."):
+                current = current[part]
+            if current != value:
+                stale.append(f"{name}: params {key}")
+    assert not stale, f"dvc.lock is stale; run `make repro` and commit dvc.lock: {stale}"
