@@ -31,11 +31,10 @@ from bench.pipeline import ENV, ROOT
 PYTHON_ENV = {**ENV, "PYTHONPATH": str(ROOT)}
 
 
-def set_params(work: Path, **values: object) -> None:
+def set_param(work: Path, dotted: str, value: object) -> None:
     raw = yaml.safe_load((work / "params.yaml").read_text())
-    for dotted, value in values.items():
-        section, key = dotted.split("__")
-        raw[section][key] = value
+    section, key = dotted.split(".")
+    raw[section][key] = value
     (work / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
@@ -47,7 +46,7 @@ def stage(work: Path, name: str) -> float:
 
 
 def train_once(work: Path, nproc: int) -> dict[str, float]:
-    set_params(work, train__nproc=nproc)
+    set_param(work, "train.nproc", nproc)
     wall = stage(work, "train")
     resources = json.loads((work / "metrics/resources/train.json").read_text())
     metrics = json.loads((work / "metrics/train/metrics.json").read_text())
@@ -64,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         shutil.copy(ROOT / "params.yaml", work / "params.yaml")
-        set_params(work, train__epochs=args.epochs)
+        set_param(work, "train.epochs", args.epochs)
         for name in ("download", "split"):
             stage(work, name)
         runs: dict[int, list[dict[str, float]]] = {1: [], args.nproc: []}

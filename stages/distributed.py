@@ -15,13 +15,14 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from stages.cli import StageError
+from stages.params import Params, load_params
 
 LAUNCHED_ENV = "LOCAL_RANK"
 """Set by torchrun in each process it starts."""
@@ -129,6 +130,27 @@ def launch(module: str, nproc: int) -> int:
         print(f"{module}: interrupted ({e.sigval.name}); no output was written", file=sys.stderr)
         return 128 + e.sigval
     return 0
+
+
+def run_data_parallel(module: str, work: Callable[[Params, torch.device], None]) -> None:
+    """The main() of a stage that trains (`module`): read the params, start `train.nproc`
+    processes through torchrun when asked to, and run `work(params, device)` in each process
+    (or in this one)."""
+    params = load_params()
+    device = resolve_device(params.train.device)
+    launch_if_asked(module, params.train.nproc, device)
+    with process_group(device) as device:
+        work(params, device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StageError(
+            "train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'"
+        )
+    return torch.device(name)
 
 
 def launch_if_asked(module: str, nproc: int, device: torch.device) -> None:

@@ -25,23 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages.cli import StageError
 from stages.data import Images
 from stages.distributed import all_reduce_sum, is_main, rank, shard, unwrap, world_size
 from stages.files import atomic_dir, write_json
 from stages.model import predict_logits
 from stages.optim import LossFn, current_lr
 from stages.params import Augment
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StageError(
-            "train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'"
-        )
-    return torch.device(name)
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -133,10 +122,9 @@ def train_epoch(
             logits = model(x)
             loss = loss_fn(logits, y) if len(y) else logits.sum()  # a share can be empty
         optimizer.zero_grad(set_to_none=True)
-        if world_size() == 1:
-            loss.backward()
-        else:  # DDP averages gradients over processes; weight each share by its size
-            (loss * (len(y) * world_size() / len(batch))).backward()
+        # DDP averages gradients over processes: weight each share by its size (in one
+        # process the weight is exactly 1.0)
+        (loss * (len(y) * world_size() / len(batch))).backward()
         optimizer.step()
         if after_step is not None:
             after_step()
@@ -240,6 +228,8 @@ class EpochLog:
         if train is not None:
             metrics |= {"train/loss": train.loss, "train/acc": train.accuracy}
         self._log_to_live(metrics)
+        if self.quiet:
+            return
 
         now = time.perf_counter()
         if train is not None:
@@ -250,8 +240,6 @@ class EpochLog:
             f"val loss {val.loss:.4f} acc {val.accuracy:.4f}  ({now - self.last:.2f} s)"
         )
         self.last = now
-        if self.quiet:
-            return
         if self.bar.disable:
             print(line, flush=True)
         else:

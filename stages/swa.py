@@ -19,10 +19,10 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from stages.checkpoints import load_model, save_model
 from stages.cli import run_stage
 from stages.data import Images, load_split
-from stages.distributed import is_main, launch_if_asked, process_group, wrap
-from stages.engine import EpochLog, batches, epoch_log, fit, resolve_device, seed_everything
+from stages.distributed import is_main, run_data_parallel, wrap
+from stages.engine import EpochLog, batches, epoch_log, fit, seed_everything
 from stages.optim import build_loss, build_optimizer
-from stages.params import Params, Swa, Train, load_params
+from stages.params import Params, Swa, Train
 from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 
 
@@ -63,11 +63,7 @@ def average_weights(
 
 
 def main() -> None:
-    params = load_params()
-    device = resolve_device(params.train.device)
-    launch_if_asked("stages.swa", params.train.nproc, device)
-    with process_group(device) as device:
-        finalize(params, device)
+    run_data_parallel("stages.swa", finalize)
 
 
 def finalize(params: Params, device: torch.device) -> None:

@@ -23,12 +23,12 @@ import torch
 from stages.checkpoints import TrainingState, load_training_state, save_model, save_training_state
 from stages.cli import run_stage
 from stages.data import load_split
-from stages.distributed import is_main, launch_if_asked, process_group, world_size, wrap
-from stages.engine import epoch_log, fit, resolve_device, seed_everything, steps_per_epoch
+from stages.distributed import is_main, run_data_parallel, world_size, wrap
+from stages.engine import epoch_log, fit, seed_everything, steps_per_epoch
 from stages.files import sha256_file
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
-from stages.params import Params, load_params
+from stages.params import Params
 from stages.paths import (
     TRAIN_DATA,
     TRAIN_LIVE,
@@ -40,11 +40,7 @@ from stages.paths import (
 
 
 def main() -> None:
-    params = load_params()
-    device = resolve_device(params.train.device)
-    launch_if_asked("stages.train", params.train.nproc, device)
-    with process_group(device) as device:
-        train(params, device)
+    run_data_parallel("stages.train", train)
 
 
 def train(params: Params, device: torch.device) -> None:
