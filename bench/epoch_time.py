@@ -112,8 +112,8 @@ def project_epoch(data: Images, **overrides: object) -> Callable[[], object]:
     """One epoch of the train stage's loop with params.yaml's train section, `overrides` applied."""
     params = load_params()
     cfg = params.train.model_copy(update=overrides)
-    model = MLP(MLPConfig.from_params(params.model))
-    optimizer = build_optimizer(model.parameters(), cfg, cfg.lr)
+    model = MLP(MLPConfig.from_params(params.model, 0.286, 0.353))
+    optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     # a one-cycle schedule long enough for the warm-up and timed epochs, stepped per batch
     scheduler, per_batch = build_scheduler(
         optimizer,

@@ -3,6 +3,7 @@ device, so a batch is an index and the loop does no per-sample Python work."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,3 +32,17 @@ def load_split(path: Path, device: torch.device | str = "cpu") -> Images:
         images=tensors["images"].to(device=device, dtype=torch.float32).div_(255),
         labels=tensors["labels"].to(device=device, dtype=torch.int64),
     )
+
+
+def read_pixel_statistics(manifest: Path) -> tuple[float, float]:
+    """The training split's pixel mean and standard deviation, as the split stage measured them."""
+    try:
+        stats = json.loads(manifest.read_text())["pixel_statistics"]
+        return float(stats["mean"]), float(stats["std"])
+    except FileNotFoundError:
+        raise StageError(f"{manifest} is missing: run the split stage (dvc repro split)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise StageError(
+            f"{manifest} has no valid pixel_statistics ({type(e).__name__}: {e}): rerun the "
+            "split stage (dvc repro split)"
+        ) from None

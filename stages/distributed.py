@@ -56,6 +56,39 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast_bytes(data: bytes | None, device: torch.device) -> bytes | None:
+    """Rank 0's `data` (None included) in every process; `data` itself in a single one."""
+    if not dist.is_initialized():
+        return data
+    size = torch.tensor([-1 if data is None else len(data)], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    if size.item() < 0:
+        return None
+    buffer = (
+        torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+        if is_main() and data  # frombuffer refuses an empty buffer
+        else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    )
+    dist.broadcast(buffer, src=0)
+    return buffer.cpu().numpy().tobytes()
+
+
+def require_same(value: int, what: str, device: torch.device) -> None:
+    """Stop every process, with one message, unless all of them hold the same `value`."""
+    if not dist.is_initialized():
+        return
+    low = torch.tensor([value], dtype=torch.int64, device=device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise StageError(
+            f"the processes disagree on {what}: rank {rank()} has {value}, others between "
+            f"{low.item()} and {high.item()}. Their params, data or code differ; make every "
+            "machine's checkout the same, or delete models/resume/ on every machine to start over"
+        )
+
+
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` under DistributedDataParallel when there is more than one process."""
     if world_size() == 1:

@@ -9,6 +9,8 @@ stages/distributed.py); the numbers logged are those of the whole batch and set.
 from __future__ import annotations
 
 import contextlib
+import enum
+import math
 import os
 import random
 import resource
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from stages.cli import StageError
 from stages.data import Images
 from stages.distributed import all_reduce_sum, is_main, rank, shard, unwrap, world_size
 from stages.files import atomic_dir, write_json
@@ -45,16 +48,33 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def seed_epoch(seed: int, epoch: int) -> torch.Generator:
-    """Seed one epoch's randomness from (seed, epoch) alone, so a resumed run needs no saved RNG
-    state. Returns the shuffle and augmentation generator, the same in every process; the global
-    RNG (dropout) is seeded per process too, so processes draw different masks."""
-    torch.manual_seed(_mix(seed, epoch, rank()))
-    return torch.Generator().manual_seed(_mix(seed, epoch))
+class Stream(enum.IntEnum):
+    """The independent random streams of a run. Each is the first key of its seed: SeedSequence
+    pads keys with trailing zeros, so (seed, epoch) and (seed, epoch, 0) would be one stream."""
+
+    TRAIN_SHUFFLE = 1
+    TRAIN_DROPOUT = 2
+    SWA_SHUFFLE = 3
+    SWA_DROPOUT = 4
 
 
-def _mix(*keys: int) -> int:
-    return int(np.random.SeedSequence(keys).generate_state(1)[0])
+STREAMS = {  # the stage's (shuffle and augmentation, dropout) streams
+    "train": (Stream.TRAIN_SHUFFLE, Stream.TRAIN_DROPOUT),
+    "swa": (Stream.SWA_SHUFFLE, Stream.SWA_DROPOUT),
+}
+
+
+def seed_epoch(seed: int, epoch: int, stage: str = "train") -> torch.Generator:
+    """Seed one epoch's randomness from (stage, seed, epoch) alone, so a resumed run needs no
+    saved RNG state. Returns the shuffle and augmentation generator, the same in every process;
+    the global RNG (dropout) is seeded per process too, so processes draw different masks."""
+    shuffle, dropout = STREAMS[stage]
+    torch.manual_seed(stream_seed(dropout, seed, epoch, rank()))
+    return torch.Generator().manual_seed(stream_seed(shuffle, seed, epoch))
+
+
+def stream_seed(stream: Stream, *keys: int) -> int:
+    return int(np.random.SeedSequence((int(stream), *keys)).generate_state(1)[0])
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -91,7 +111,10 @@ def augment(
 @dataclass(frozen=True)
 class Stats:
     loss: float
+    """Plain cross-entropy, the same measure on every split and in metrics/test.json."""
     accuracy: float
+    objective: float | None = None
+    """What training minimizes (with label smoothing, say); None for validation."""
 
 
 def train_epoch(
@@ -106,11 +129,12 @@ def train_epoch(
     bf16: bool = False,
     after_step: Callable[[], object] | None = None,
 ) -> Stats:
-    """One pass over `data` in a seeded random order; returns running loss and accuracy."""
+    """One pass over `data` in a seeded random order; returns the running plain cross-entropy,
+    objective and accuracy."""
     model.train()
     device = data.labels.device
     order = torch.randperm(len(data), generator=generator).to(device)
-    totals = torch.zeros(2, device=device)  # loss summed over images, images right
+    totals = torch.zeros(3, device=device)  # summed over images: cross-entropy, objective, right
     for start in range(0, len(data), batch_size):
         batch = order[start : start + batch_size]
         idx = shard(batch)
@@ -128,21 +152,36 @@ def train_epoch(
         optimizer.step()
         if after_step is not None:
             after_step()
-        totals[0] += loss.detach() * len(y)
-        totals[1] += (logits.argmax(1) == y).sum()
-    loss_sum, right = all_reduce_sum(totals).tolist()
-    return Stats(loss_sum / len(data), right / len(data))
+        logits = logits.detach().float()
+        totals[0] += F.cross_entropy(logits, y, reduction="sum")
+        totals[1] += loss.detach() * len(y)
+        totals[2] += (logits.argmax(1) == y).sum()
+    loss_sum, objective_sum, right = (v / len(data) for v in all_reduce_sum(totals).tolist())
+    return Stats(loss_sum, right, objective_sum)
 
 
-def evaluate(model: nn.Module, data: Images, loss_fn: LossFn) -> Stats:
+def evaluate(model: nn.Module, data: Images) -> Stats:
+    """Plain cross-entropy and accuracy, comparable with the test metrics of the evaluate stage."""
     images, labels = shard(data.images), shard(data.labels)
     logits = predict_logits(model, images)
     totals = torch.stack([
-        loss_fn(logits, labels) * len(labels) if len(labels) else logits.sum(),
+        F.cross_entropy(logits, labels, reduction="sum"),
         (logits.argmax(1) == labels).sum().float(),
     ])  # fmt: skip
     loss_sum, right = all_reduce_sum(totals).tolist()
     return Stats(loss_sum / len(data), right / len(data))
+
+
+def check_finite(stage: str, epoch: int, lr: float, lr_key: str, *stats: Stats) -> None:
+    """Stop a run whose loss became inf or nan: nothing after it would be worth writing."""
+    values = [v for s in stats for v in (s.loss, s.objective) if v is not None]
+    if all(math.isfinite(v) for v in values):
+        return
+    raise StageError(
+        f"{stage}: the loss became {next(v for v in values if not math.isfinite(v))} in epoch "
+        f"{epoch} (lr {lr:.3g}): the model diverged and nothing was written. Lower the learning "
+        f"rate ({lr_key}) and rerun"
+    )
 
 
 def fit(
@@ -156,6 +195,8 @@ def fit(
     epochs: int,
     batch_size: int,
     seed: int,
+    stage: str,
+    lr_key: str,
     augmentation: Augment | None,
     bf16: bool = False,
     after_step: Callable[[], object] | None = None,
@@ -166,20 +207,22 @@ def fit(
 ) -> None:
     """Train epochs `first_epoch`..`epochs`, logging the validation score of `scored` (default:
     `model`) before the first epoch and after each one; `logged(epoch)` runs after each log.
-    Each epoch's randomness comes from (`seed`, epoch), so starting at `first_epoch` continues a
-    run exactly."""
+    Each epoch's randomness comes from (`stage`, `seed`, epoch), so starting at `first_epoch`
+    continues a run exactly. A non-finite loss stops the run with an error naming `lr_key`."""
     scored = scored or unwrap(model)
     if first_epoch == 1:
-        log.log(0, current_lr(optimizer), None, evaluate(scored, val_data, loss_fn))
+        log.log(0, current_lr(optimizer), None, evaluate(scored, val_data))
     for epoch in range(first_epoch, epochs + 1):
         lr = current_lr(optimizer)
         stats = train_epoch(
-            model, train_data, loss_fn, optimizer, batch_size, seed_epoch(seed, epoch),
+            model, train_data, loss_fn, optimizer, batch_size, seed_epoch(seed, epoch, stage),
             augmentation=augmentation, bf16=bf16, after_step=after_step,
         )  # fmt: skip
         if after_epoch is not None:
             after_epoch()
-        log.log(epoch, lr, stats, evaluate(scored, val_data, loss_fn))
+        val = evaluate(scored, val_data)
+        check_finite(stage, epoch, lr, lr_key, stats, val)
+        log.log(epoch, lr, stats, val)
         if logged is not None:
             logged(epoch)
 
@@ -227,6 +270,7 @@ class EpochLog:
         metrics = {"lr": lr, "val/loss": val.loss, "val/acc": val.accuracy}
         if train is not None:
             metrics |= {"train/loss": train.loss, "train/acc": train.accuracy}
+            metrics |= {"train/objective": train.objective}
         self._log_to_live(metrics)
         if self.quiet:
             return

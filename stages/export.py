@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from stages.checkpoints import load_model
 from stages.cli import StageError, run_stage
 from stages.data import load_split
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_dir, sha256_file, write_json
+from stages.files import atomic_dir, copy_file, sha256_file, write_json
 from stages.model import MLP, MLPConfig, predict_logits
 from stages.params import Params, load_params
 from stages.paths import (
@@ -80,11 +79,24 @@ def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
 
+def check_finite(model: MLP, logits: np.ndarray, name: str) -> None:
+    """A model with inf or nan in its weights or outputs is no model to ship (and its card
+    could not be JSON)."""
+    bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v).all()]
+    if bad or not np.isfinite(logits).all():
+        where = f"weights ({', '.join(bad[:3])})" if bad else "outputs on the test set"
+        raise StageError(
+            f"{name} has non-finite {where}: it diverged. Nothing was exported; retrain with a "
+            "lower learning rate (train.lr, swa.lr)"
+        )
+
+
 def check_parity(
     torch_logits: np.ndarray, ort_logits: np.ndarray, atol: float
 ) -> dict[str, object]:
     """Compare logits; StageError naming the largest difference if they disagree."""
-    max_diff = float(np.abs(torch_logits - ort_logits).max())
+    # nan > atol is false: a nan anywhere must count as the largest difference
+    max_diff = float(np.nan_to_num(np.abs(torch_logits - ort_logits), nan=np.inf).max())
     mismatched = int((torch_logits.argmax(1) != ort_logits.argmax(1)).sum())
     if max_diff > atol or mismatched:
         raise StageError(
@@ -124,10 +136,11 @@ def main() -> None:
     model, _ = load_model(source)
     images = load_split(TEST_DATA).images.unsqueeze(1)
     reference = predict_logits(model, images).numpy()
+    check_finite(model, reference, f"the {cfg.model} model ({source})")
 
     with atomic_dir(EXPORT_DIR) as staging:
         weights, onnx_file = staging / EXPORT_WEIGHTS.name, staging / EXPORT_ONNX.name
-        shutil.copyfile(source, weights)
+        copy_file(source, weights)
         export_onnx(model, onnx_file, cfg.opset)
         parity = check_parity(reference, onnx_logits(onnx_file, images.numpy()), cfg.atol)
         files = {p.name: sha256_file(p) for p in (weights, onnx_file)}

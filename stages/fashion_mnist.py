@@ -151,6 +151,20 @@ def class_counts(labels: np.ndarray) -> dict[str, int]:
     return {name: int(n) for name, n in zip(CLASSES, counts, strict=True)}
 
 
+def pixel_statistics(images: np.ndarray) -> dict[str, float]:
+    """Mean and standard deviation of the pixels scaled to [0, 1], from exact integer sums, so
+    they come out the same on any machine and for any order of the images."""
+    pixels = images.reshape(-1).astype(np.int64)
+    n, total, squares = pixels.size, int(pixels.sum()), int((pixels * pixels).sum())
+    mean = total / n
+    variance = max(squares / n - mean * mean, 0.0)
+    return {"mean": mean / 255, "std": max(variance**0.5 / 255, MIN_PIXEL_STD)}
+
+
+MIN_PIXEL_STD = 1e-3
+"""Floor for a subset of identical images, whose spread is zero."""
+
+
 def save_arrays(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     """Images (N, 28, 28) and labels (N,), both uint8, as safetensors: compact, no pickle."""
     tensors = {"images": np.ascontiguousarray(images), "labels": np.ascontiguousarray(labels)}

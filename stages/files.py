@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.cli import StageError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK  # some writers (safetensors) create files 0600
@@ -48,8 +50,18 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """`data` as JSON; NaN and infinity are refused, since JSON has no such numbers."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise StageError(f"refusing to write {path}: {e} (a diverged model?)") from None
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
+
+
+def copy_file(source: Path, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def sha256_file(path: Path) -> str:

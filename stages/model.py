@@ -1,7 +1,9 @@
 """The lesson's network: 784-512-512-10 with ReLU, optional dropout, input normalization inside.
 
 Inputs are images in [0, 1], shaped (N, 28, 28) or (N, 1, 28, 28), as torchvision's ToTensor
-gives them; normalizing inside the model keeps the exported ONNX graph self-contained.
+gives them; normalizing inside the model keeps the exported ONNX graph self-contained. The
+normalization constants are the pixel mean and standard deviation of the training split (the
+split stage measures them), part of the model's config.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from torch import nn
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.params import Model as ModelParams
 
-# FashionMNIST training-set pixel statistics (of images scaled to [0, 1]).
-PIXEL_MEAN = 0.2860
-PIXEL_STD = 0.3530
+# What models written before the statistics came from the training split used: those of all
+# 60,000 training images, validation included. Read only for such files (stages/checkpoints.py).
+LEGACY_PIXEL_MEAN = 0.2860
+LEGACY_PIXEL_STD = 0.3530
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class MLPConfig:
     input_dropout: float = 0.0
     in_features: int = IMAGE_SIDE * IMAGE_SIDE
     num_classes: int = len(CLASSES)
+    pixel_mean: float = 0.0
+    pixel_std: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,8 +40,11 @@ class MLPConfig:
         return cls(**{**d, "hidden": tuple(d["hidden"])})
 
     @classmethod
-    def from_params(cls, p: ModelParams) -> MLPConfig:
-        return cls(hidden=tuple(p.hidden), dropout=p.dropout, input_dropout=p.input_dropout)
+    def from_params(cls, p: ModelParams, pixel_mean: float, pixel_std: float) -> MLPConfig:
+        return cls(
+            hidden=tuple(p.hidden), dropout=p.dropout, input_dropout=p.input_dropout,
+            pixel_mean=pixel_mean, pixel_std=pixel_std,
+        )  # fmt: skip
 
 
 class Dropout(nn.Dropout):
@@ -71,7 +79,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - PIXEL_MEAN) / PIXEL_STD)
+        return self.net((x - self.config.pixel_mean) / self.config.pixel_std)
 
 
 @torch.no_grad()

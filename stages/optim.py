@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from stages.cli import StageError
 from stages.params import Train
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -23,9 +24,11 @@ def build_loss(cfg: Train) -> LossFn:
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: Train, lr: float) -> Optimizer:
+    """The chosen optimizer with its block's arguments, at learning rate `lr`. Weight decay is
+    the block's own: decoupled for AdamW, an L2 penalty on the gradient for the others."""
     # Fused kernels are 2-3x faster per step on CPU than the per-tensor loop (see bench/).
-    common = {"lr": lr, "weight_decay": cfg.weight_decay}
-    args = getattr(cfg.optimizers, cfg.optimizer)
+    args = cfg.optimizer_args
+    common = {"lr": lr, "weight_decay": args.weight_decay}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, momentum=args.momentum, nesterov=args.nesterov, fused=True, **common
@@ -58,14 +61,25 @@ def build_scheduler(
         case "cosine":
             return sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=args.eta_min), False
         case "onecycle":
+            total_steps = max(1, cfg.epochs * steps_per_epoch)
+            if args.pct_start * total_steps == 1:
+                raise StageError(
+                    f"train.schedulers.onecycle.pct_start = {args.pct_start} puts the lr peak at "
+                    f"the first of {total_steps} steps, where torch's OneCycleLR divides by zero: "
+                    "change pct_start, train.epochs or train.batch_size"
+                )
             return sched.OneCycleLR(
                 optimizer,
-                max_lr=cfg.lr,
-                total_steps=max(1, cfg.epochs * steps_per_epoch),
+                max_lr=cfg.learning_rate,
+                total_steps=total_steps,
                 pct_start=args.pct_start,
                 div_factor=args.div_factor,
                 final_div_factor=args.final_div_factor,
                 anneal_strategy=args.anneal_strategy,
+                # off unless asked for: it would overwrite the momentum/beta1 params.yaml sets
+                cycle_momentum=args.cycle_momentum,
+                base_momentum=args.base_momentum,
+                max_momentum=args.max_momentum,
             ), True
     raise AssertionError(f"unhandled scheduler {cfg.scheduler}")
 

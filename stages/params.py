@@ -11,12 +11,20 @@ The schema has no defaults: params.yaml holds every value, so there is one place
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    model_validator,
+)
 
 from stages.cli import StageError
 from stages.fashion_mnist import TRAIN_SIZE
@@ -24,12 +32,31 @@ from stages.fashion_mnist import TRAIN_SIZE
 PARAMS_FILE = Path("params.yaml")
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 UnitFloat = Annotated[float, Field(ge=0, lt=1)]
 Device = Literal["auto", "cpu", "cuda"]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""NumPy's legacy global seed, which seed_everything sets, takes 32 bits."""
+
+
+def _auto_or_positive(value: Any) -> str | float:
+    if value == "auto":
+        return value
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and math.isfinite(value) and value > 0:
+        return float(value)
+    raise ValueError("Input should be 'auto' or a finite number greater than 0")
+
+
+AutoOrPositive = Annotated[Literal["auto"] | float, PlainValidator(_auto_or_positive)]
+
+MAX_WIDTH, MAX_DEPTH = 8192, 8
+"""Beyond these the MLP no longer fits a training machine's memory in a useful time."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # inf and nan pass `gt=0`-style bounds (a lr of .inf would only show up as a diverged run)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Download(Strict):
@@ -40,17 +67,14 @@ class Download(Strict):
 
 class Split(Strict):
     val_size: Annotated[int, Field(gt=0)]
-    seed: int
-    subset: Annotated[int, Field(gt=1)] | None
-    """Keep a stratified random subset of this many training images (for quick runs)."""
+    seed: Seed
+    subset: Annotated[int, Field(gt=1, le=TRAIN_SIZE)] | None
+    """Keep a stratified random subset of this many training images (quick runs); null or
+    60000 keeps them all."""
 
     @model_validator(mode="after")
     def _val_smaller_than_train(self) -> Split:
         pool = self.subset or TRAIN_SIZE
-        if self.subset is not None and self.subset > TRAIN_SIZE:
-            raise ValueError(
-                f"split.subset = {self.subset} exceeds the {TRAIN_SIZE} training images"
-            )
         if self.val_size >= pool:
             raise ValueError(
                 f"split.val_size = {self.val_size} must be smaller than the {pool} images it is "
@@ -60,29 +84,55 @@ class Split(Strict):
 
 
 class Model(Strict):
-    hidden: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+    hidden: Annotated[
+        list[Annotated[int, Field(gt=0, le=MAX_WIDTH)]], Field(min_length=1, max_length=MAX_DEPTH)
+    ]
     dropout: UnitFloat
     input_dropout: UnitFloat
 
 
-class Sgd(Strict):
+class OptimizerArgs(Strict):
+    """What every optimizer block holds: its own learning rate and weight decay, because one
+    value does not suit all (AdamW's lr is far too small for SGD; AdamW's decoupled decay of
+    0.05 is a heavy L2 penalty for the others)."""
+
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+
+    momentum_key: ClassVar[str | None] = None
+    """The argument OneCycleLR's momentum cycling would drive: 'momentum', 'betas' or none."""
+
+
+class Sgd(OptimizerArgs):
     momentum: UnitFloat
     nesterov: bool
+    momentum_key: ClassVar[str | None] = "momentum"
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> Sgd:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError(
+                "nesterov = true needs momentum > 0 (Nesterov momentum is a kind of momentum): "
+                "set momentum, or nesterov: false"
+            )
+        return self
 
 
-class Adam(Strict):
+class Adam(OptimizerArgs):
     betas: Annotated[list[UnitFloat], Field(min_length=2, max_length=2)]
     eps: PositiveFloat
+    momentum_key: ClassVar[str | None] = "betas"
 
 
-class RmsProp(Strict):
+class RmsProp(OptimizerArgs):
     alpha: UnitFloat
     momentum: UnitFloat
     eps: PositiveFloat
+    momentum_key: ClassVar[str | None] = "momentum"
 
 
-class Adagrad(Strict):
-    lr_decay: Annotated[float, Field(ge=0)]
+class Adagrad(OptimizerArgs):
+    lr_decay: NonNegativeFloat
     eps: PositiveFloat
 
 
@@ -130,6 +180,20 @@ class OneCycleLR(Strict):
     div_factor: PositiveFloat
     final_div_factor: PositiveFloat
     anneal_strategy: Literal["cos", "linear"]
+    cycle_momentum: bool
+    """Off: the optimizer keeps the momentum (or beta1) its block sets. On: momentum cycles
+    inversely to the lr between these bounds, and the block's value is not used."""
+    base_momentum: UnitFloat
+    max_momentum: UnitFloat
+
+    @model_validator(mode="after")
+    def _momentum_bounds_ordered(self) -> OneCycleLR:
+        if self.base_momentum > self.max_momentum:
+            raise ValueError(
+                f"base_momentum = {self.base_momentum} must not exceed max_momentum = "
+                f"{self.max_momentum}"
+            )
+        return self
 
 
 class Schedulers(Strict):
@@ -146,9 +210,6 @@ class Augment(Strict):
     """Pixels; 0 turns shifting off."""
 
 
-Seed = Annotated[int, Field(ge=0)]
-
-
 class Train(Strict):
     seed: Seed
     device: Device
@@ -157,8 +218,9 @@ class Train(Strict):
     epochs: Annotated[int, Field(ge=0)]
     batch_size: Annotated[int, Field(gt=0)]
     precision: Literal["fp32", "bf16"]
-    lr: PositiveFloat
-    weight_decay: Annotated[float, Field(ge=0)]
+    lr: AutoOrPositive
+    """'auto': the chosen optimizer's own lr (train.optimizers.<name>.lr); a number overrides
+    it, whatever the optimizer."""
     augment: Augment
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
     optimizers: Optimizers
@@ -170,6 +232,52 @@ class Train(Strict):
     @property
     def bf16(self) -> bool:
         return self.precision == "bf16"
+
+    @property
+    def optimizer_args(self) -> OptimizerArgs:
+        return getattr(self.optimizers, self.optimizer)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.optimizer_args.lr if self.lr == "auto" else self.lr
+
+    @property
+    def cycles_momentum(self) -> bool:
+        return self.scheduler == "onecycle" and self.schedulers.onecycle.cycle_momentum
+
+    @model_validator(mode="after")
+    def _momentum_cycling_needs_momentum(self) -> Train:
+        if self.cycles_momentum and self.optimizer_args.momentum_key is None:
+            with_momentum = [
+                name for name in Optimizers.model_fields
+                if getattr(self.optimizers, name).momentum_key is not None
+            ]  # fmt: skip
+            raise ValueError(
+                f"train.schedulers.onecycle.cycle_momentum = true cycles the optimizer's "
+                f"momentum, but train.optimizer = '{self.optimizer}' has none: set "
+                f"cycle_momentum: false, or use one of {', '.join(with_momentum)}"
+            )
+        return self
+
+    def unused_params(self) -> list[str]:
+        """Keys set in params.yaml that the chosen combination does not use, each with why: the
+        stage prints them, so no value is ignored silently."""
+        notes = []
+        if self.cycles_momentum:
+            cycle = self.schedulers.onecycle
+            key = self.optimizer_args.momentum_key
+            shown = "betas[0]" if key == "betas" else key
+            notes.append(
+                f"train.optimizers.{self.optimizer}.{shown} is not used: "
+                f"train.schedulers.onecycle.cycle_momentum cycles it between "
+                f"{cycle.base_momentum} and {cycle.max_momentum}"
+            )
+        if self.lr != "auto":
+            notes.append(
+                f"train.optimizers.{self.optimizer}.lr is not used: train.lr = {self.lr} "
+                "overrides it"
+            )
+        return notes
 
 
 class Swa(Strict):

@@ -10,6 +10,7 @@ from stages.cli import run_stage
 from stages.fashion_mnist import (
     RAW_FILES,
     class_counts,
+    pixel_statistics,
     read_images_and_labels,
     save_arrays,
     stratified_split,
@@ -22,7 +23,7 @@ from stages.paths import RAW_DIR, SPLIT_MANIFEST, TEST_DATA, TRAIN_DATA, VAL_DAT
 def main() -> None:
     cfg = load_params().split
     images, labels = read_images_and_labels(RAW_DIR, "train")
-    if cfg.subset is not None:
+    if cfg.subset is not None and cfg.subset < len(labels):
         _, keep = stratified_split(labels, cfg.subset, cfg.seed)
         images, labels = images[keep], labels[keep]
     train_idx, val_idx = stratified_split(labels, cfg.val_size, cfg.seed)
@@ -36,6 +37,8 @@ def main() -> None:
 
     manifest = {
         "source_sha256": {raw.name: raw.sha256 for raw in RAW_FILES.values()},
+        # the model's input normalization: of the training split only, so validation stays unseen
+        "pixel_statistics": pixel_statistics(images[train_idx]),
         "splits": {
             name: {
                 "file": path.name,

@@ -10,8 +10,6 @@ processes, as for train.
 
 from __future__ import annotations
 
-import shutil
-
 import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
@@ -21,6 +19,7 @@ from stages.cli import run_stage
 from stages.data import Images, load_split
 from stages.distributed import is_main, run_data_parallel, wrap
 from stages.engine import EpochLog, batches, epoch_log, fit, seed_everything
+from stages.files import copy_file
 from stages.optim import build_loss, build_optimizer
 from stages.params import Params, Swa, Train
 from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
@@ -52,8 +51,8 @@ def average_weights(
 
     fit(
         wrap(model, val_data.labels.device), train_data, val_data, loss_fn, optimizer, log,
-        epochs=cfg.epochs, batch_size=train_cfg.batch_size, seed=cfg.seed,
-        augmentation=train_cfg.augment, bf16=train_cfg.bf16,
+        epochs=cfg.epochs, batch_size=train_cfg.batch_size, seed=cfg.seed, stage="swa",
+        lr_key="swa.lr", augmentation=train_cfg.augment, bf16=train_cfg.bf16,
         after_epoch=average_and_anneal, scored=swa_model.module,
     )  # fmt: skip
     update_bn(
@@ -82,7 +81,7 @@ def finalize(params: Params, device: torch.device) -> None:
     if not is_main():
         return
     if cfg.epochs == 0:
-        shutil.copyfile(TRAIN_MODEL, SWA_MODEL)
+        copy_file(TRAIN_MODEL, SWA_MODEL)
     else:
         save_model(swa_model.module, SWA_MODEL, {"final_lr": cfg.lr, "swa_epochs": cfg.epochs})
     print(f"wrote {SWA_MODEL}")

@@ -20,16 +20,30 @@ from pathlib import Path
 
 import torch
 
-from stages.checkpoints import TrainingState, load_training_state, save_model, save_training_state
+from stages.checkpoints import (
+    TrainingState,
+    load_training_state,
+    read_training_state,
+    save_model,
+    save_training_state,
+)
 from stages.cli import run_stage
-from stages.data import load_split
-from stages.distributed import is_main, run_data_parallel, world_size, wrap
+from stages.data import load_split, read_pixel_statistics
+from stages.distributed import (
+    broadcast_bytes,
+    is_main,
+    require_same,
+    run_data_parallel,
+    world_size,
+    wrap,
+)
 from stages.engine import epoch_log, fit, seed_everything, steps_per_epoch
 from stages.files import sha256_file
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
 from stages.params import Params
 from stages.paths import (
+    SPLIT_MANIFEST,
     TRAIN_DATA,
     TRAIN_LIVE,
     TRAIN_MODEL,
@@ -48,21 +62,27 @@ def train(params: Params, device: torch.device) -> None:
     seed_everything(cfg.seed, device)
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
-    config = MLPConfig.from_params(params.model)
+    config = MLPConfig.from_params(params.model, *read_pixel_statistics(SPLIT_MANIFEST))
     model = MLP(config).to(device)
     loss_fn = build_loss(cfg)
-    optimizer = build_optimizer(model.parameters(), cfg, cfg.lr)
+    optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     steps = steps_per_epoch(len(train_data), cfg.batch_size)
     scheduler, per_batch = build_scheduler(optimizer, cfg, steps)
     step = scheduler.step if scheduler is not None else None
 
+    # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
+    # same epoch, or all stop (a rank whose params, data or code differ finds no match)
     fingerprint = run_fingerprint(params)
-    resumed = load_training_state(TRAIN_RESUME, fingerprint, model, optimizer, scheduler)
+    state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
+    resumed = load_training_state(state, fingerprint, model, optimizer, scheduler)
+    require_same(resumed.epoch if resumed else 0, "the epoch training resumes after", device)
 
     if is_main():
         processes = f" in {world_size()} processes" if world_size() > 1 else ""
         print(f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}{processes}, "
-              f"{cfg.optimizer}, {cfg.scheduler}")  # fmt: skip
+              f"{cfg.optimizer} (lr {cfg.learning_rate:g}), {cfg.scheduler}")  # fmt: skip
+        for note in cfg.unused_params():
+            print(f"train: note: {note}")
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
 
         def save_state(epoch: int) -> None:
@@ -75,8 +95,9 @@ def train(params: Params, device: torch.device) -> None:
             log.replay(resumed.history)
         fit(
             wrap(model, device), train_data, val_data, loss_fn, optimizer, log,
-            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-            augmentation=cfg.augment, bf16=cfg.bf16,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, stage="train",
+            lr_key=f"train.lr, or train.optimizers.{cfg.optimizer}.lr", augmentation=cfg.augment,
+            bf16=cfg.bf16,
             after_step=step if per_batch else None, after_epoch=None if per_batch else step,
             first_epoch=resumed.epoch + 1 if resumed else 1,
             logged=save_state if is_main() else None,
@@ -96,7 +117,7 @@ def run_fingerprint(params: Params) -> str:
     digest = hashlib.sha256()
     config = [params.model.model_dump(), params.train.model_dump(), world_size()]
     digest.update(json.dumps(config).encode())
-    for path in (TRAIN_DATA, VAL_DATA, *sorted(Path(__file__).parent.glob("*.py"))):
+    for path in (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST, *sorted(Path(__file__).parent.glob("*.py"))):
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 

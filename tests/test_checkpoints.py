@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,11 @@ import torch
 
 from stages.checkpoints import (
     TrainingState,
+    decode,
+    encode,
     load_model,
     load_training_state,
+    read_training_state,
     save_model,
     save_training_state,
 )
@@ -18,8 +23,8 @@ from stages.cli import StageError
 from stages.data import Images
 from stages.engine import seed_epoch, steps_per_epoch, train_epoch
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer, build_scheduler
-from stages.params import Params
+from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
+from stages.params import MultiStepLR, Params, StepLR, Train
 
 
 def sha(path: Path) -> str:
@@ -94,53 +99,93 @@ def test_missing_file_names_the_stage_to_run(tmp_path: Path) -> None:
         load_model(tmp_path / "none.safetensors")
 
 
-def training_run(params: Params, data: Images, seed: int):
-    """A model with dropout, optimizer (fused AdamW) and per-batch one-cycle scheduler."""
+OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad"]
+SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle"]
+EPOCHS = 4
+
+
+def resume_config(params: Params, optimizer: str, scheduler: str) -> Train:
+    """A schedule that changes the lr after the epoch the state is saved at (epoch 1)."""
+    schedulers = params.train.schedulers.model_copy(
+        update={
+            "step": StepLR(step_size=2, gamma=0.5),
+            "multistep": MultiStepLR(milestones=[2, 3], gamma=0.5),
+        }
+    )
+    return params.train.model_copy(
+        update={"optimizer": optimizer, "scheduler": scheduler, "epochs": EPOCHS,
+                "schedulers": schedulers}
+    )  # fmt: skip
+
+
+def training_run(cfg: Train, data: Images, seed: int):
+    """A model with dropout, its optimizer and scheduler, initialised from `seed`."""
     torch.manual_seed(seed)
     model = MLP(MLPConfig(hidden=(32,), dropout=0.3))
-    optimizer = build_optimizer(model.parameters(), params.train, params.train.lr)
-    scheduler, _ = build_scheduler(optimizer, params.train, steps_per_epoch(len(data), 64))
-    return model, optimizer, scheduler
+    optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
+    scheduler, per_batch = build_scheduler(optimizer, cfg, steps_per_epoch(len(data), 64))
+    return model, optimizer, scheduler, per_batch
 
 
-def run_epochs(params: Params, data: Images, run, epochs: range) -> None:
-    model, optimizer, scheduler = run
+def run_epochs(cfg: Train, data: Images, run, epochs: range) -> None:
+    model, optimizer, scheduler, per_batch = run
+    step = scheduler.step if scheduler is not None else lambda: None
     for epoch in epochs:
-        train_epoch(model, data, build_loss(params.train), optimizer, 64, seed_epoch(0, epoch),
-                    after_step=scheduler.step)  # fmt: skip
+        train_epoch(model, data, build_loss(cfg), optimizer, 64, seed_epoch(0, epoch),
+                    after_step=step if per_batch else None)  # fmt: skip
+        if not per_batch:
+            step()
 
 
-def test_training_state_resumes_bit_for_bit(tmp_path: Path, params: Params, small_data) -> None:
-    data, _ = small_data
-    straight = training_run(params, data, seed=0)
-    run_epochs(params, data, straight, range(1, 4))
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_training_state_resumes_bit_for_bit(
+    tmp_path: Path, params: Params, small_data, optimizer: str, scheduler: str
+) -> None:
+    data = Images(small_data[0].images[:256], small_data[0].labels[:256])
+    cfg = resume_config(params, optimizer, scheduler)
+    straight = training_run(cfg, data, seed=0)
+    run_epochs(cfg, data, straight, range(1, EPOCHS + 1))
 
-    first = training_run(params, data, seed=0)
-    run_epochs(params, data, first, range(1, 2))
+    first = training_run(cfg, data, seed=0)
+    run_epochs(cfg, data, first, range(1, 2))
     state = TrainingState(1, [{"val/acc": 0.5}])
-    save_training_state(tmp_path / "s.safetensors", "fp", state, *first)
+    save_training_state(tmp_path / "s.safetensors", "fp", state, *first[:3])
     torch.rand(100)  # whatever happens between the kill and the rerun
 
-    resumed = training_run(params, data, seed=123)  # different init: everything must be restored
-    loaded = load_training_state(tmp_path / "s.safetensors", "fp", *resumed)
-    assert loaded == state
-    run_epochs(params, data, resumed, range(2, 4))
+    resumed = training_run(cfg, data, seed=123)  # different init: everything must be restored
+    saved = read_training_state(tmp_path / "s.safetensors")
+    assert load_training_state(saved, "fp", *resumed[:3]) == state
+    run_epochs(cfg, data, resumed, range(2, EPOCHS + 1))
     for a, b in zip(
         straight[0].state_dict().values(), resumed[0].state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+    assert current_lr(straight[1]) == current_lr(resumed[1])
+
+
+def test_state_encoding_keeps_every_type() -> None:
+    value = {
+        "milestones": Counter({60: 1, 150: 2}),
+        "betas": (0.9, 0.999),
+        1: [None, True, 3, 0.1, "s", float("inf")],
+        "step": torch.tensor(7.0),
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    decoded = decode(json.loads(json.dumps(encode(value, tensors))), tensors)
+    assert decoded == value
+    assert type(decoded["milestones"]) is Counter and type(decoded["betas"]) is tuple
+    assert [type(v) for v in decoded[1]] == [type(v) for v in value[1]]
 
 
 def test_training_state_of_other_inputs_or_damaged_is_ignored(
     tmp_path: Path, params: Params, small_data
 ) -> None:
     data, _ = small_data
-    run = training_run(params, data, seed=0)
+    run = training_run(params.train, data, seed=0)[:3]
     path = tmp_path / "s.safetensors"
-    assert load_training_state(path, "fp", *run) is None  # no file
+    assert load_training_state(read_training_state(path), "fp", *run) is None  # no file
     save_training_state(path, "fp", TrainingState(1, []), *run)
-    assert load_training_state(path, "other params", *run) is None
-    path.write_bytes(path.read_bytes()[:200])
-    assert load_training_state(path, "fp", *run) is None
-    path.write_bytes(pickle.dumps({"epoch": 1}))
-    assert load_training_state(path, "fp", *run) is None
+    assert load_training_state(read_training_state(path), "other params", *run) is None
+    assert load_training_state(path.read_bytes()[:200], "fp", *run) is None
+    assert load_training_state(pickle.dumps({"epoch": 1}), "fp", *run) is None

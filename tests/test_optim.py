@@ -19,7 +19,7 @@ def one_step(
     )
     torch.manual_seed(0)
     model = MLP(MLPConfig(hidden=(16,)))
-    opt = build_optimizer(model.parameters(), cfg, cfg.lr)
+    opt = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     sched, per_batch = build_scheduler(opt, cfg, steps_per_epoch=5)
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.rand(8, 28, 28), torch.arange(8) % 10
@@ -51,15 +51,15 @@ def test_every_scheduler_builds_and_steps(params: Params, name: str) -> None:
 
 def test_onecycle_peaks_at_the_configured_lr(params: Params) -> None:
     cfg = params.train.model_copy(update={"scheduler": "onecycle", "epochs": 2})
-    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.lr)
+    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
     sched, _ = build_scheduler(opt, cfg, steps_per_epoch=10)
     lrs = []
     for _ in range(20):
         lrs.append(current_lr(opt))
         opt.step()
         sched.step()
-    assert max(lrs) == pytest.approx(cfg.lr, rel=0.05)
-    assert lrs[0] == pytest.approx(cfg.lr / cfg.schedulers.onecycle.div_factor)
+    assert max(lrs) == pytest.approx(cfg.learning_rate, rel=0.05)
+    assert lrs[0] == pytest.approx(cfg.learning_rate / cfg.schedulers.onecycle.div_factor)
 
 
 @pytest.mark.parametrize("name", ["cross_entropy", "nll"])

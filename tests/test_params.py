@@ -55,7 +55,11 @@ def test_unknown_section_suggests_the_close_one(raw: dict) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "expected"),
     [
-        ("train.lr", -1.0, "train.lr = -1.0: Input should be greater than 0"),
+        (
+            "train.lr",
+            -1.0,
+            "train.lr = -1.0: Input should be 'auto' or a finite number greater than 0",
+        ),
         ("train.batch_size", 0, "train.batch_size = 0: Input should be greater than 0"),
         ("train.epochs", -1, "train.epochs = -1"),
         ("train.batch_size", "64", "train.batch_size = '64': Input should be a valid integer"),

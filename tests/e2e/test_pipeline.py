@@ -84,6 +84,8 @@ def test_bad_params_stop_the_stage_and_keep_its_output(reproduced: Project) -> N
     finally:
         reproduced.run("git", "checkout", "-q", "params.yaml")
     assert result.returncode == 2
-    assert "train.lr = -1.0: Input should be greater than 0" in result.stderr
+    assert (
+        "train.lr = -1.0: Input should be 'auto' or a finite number greater than 0" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert model.read_bytes() == before
