@@ -95,7 +95,7 @@ def parse_architecture(metadata: dict[str, Any], name: str) -> MLPConfig:
         arch = Architecture.model_validate(metadata["config"])
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()[:4]
+            f"{'.'.join(map(str, ('config', *err['loc'])))}: {err['msg']}" for err in e.errors()[:4]
         )
         raise _refuse(name, f"has an invalid architecture in its metadata ({problems})") from None
     return MLPConfig.from_dict(arch.model_dump())

@@ -10,7 +10,6 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from stages.cli import StageError
 from stages.params import Train
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,17 +61,14 @@ def build_scheduler(
             return sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=args.eta_min), False
         case "onecycle":
             total_steps = max(1, cfg.epochs * steps_per_epoch)
-            if args.pct_start * total_steps == 1:
-                raise StageError(
-                    f"train.schedulers.onecycle.pct_start = {args.pct_start} puts the lr peak at "
-                    f"the first of {total_steps} steps, where torch's OneCycleLR divides by zero: "
-                    "change pct_start, train.epochs or train.batch_size"
-                )
+            # A warm-up of exactly one step ends where it starts, and torch's OneCycleLR divides
+            # by its zero length; just under one step it is no warm-up, as it should be.
+            pct_start = args.pct_start * (1 - 1e-9 if args.pct_start * total_steps == 1 else 1)
             return sched.OneCycleLR(
                 optimizer,
                 max_lr=cfg.learning_rate,
                 total_steps=total_steps,
-                pct_start=args.pct_start,
+                pct_start=pct_start,
                 div_factor=args.div_factor,
                 final_div_factor=args.final_div_factor,
                 anneal_strategy=args.anneal_strategy,

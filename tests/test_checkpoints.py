@@ -3,13 +3,17 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from stages.checkpoints import (
+    METADATA_KEY,
     TrainingState,
     decode,
     encode,
@@ -24,7 +28,9 @@ from stages.data import Images
 from stages.engine import seed_epoch, steps_per_epoch, train_epoch
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
-from stages.params import MultiStepLR, Params, StepLR, Train
+from stages.params import MAX_DEPTH, MAX_WIDTH, MultiStepLR, Params, StepLR, Train
+
+from .conftest import ROOT
 
 
 def sha(path: Path) -> str:
@@ -189,3 +195,69 @@ def test_training_state_of_other_inputs_or_damaged_is_ignored(
     assert load_training_state(read_training_state(path), "other params", *run) is None
     assert load_training_state(path.read_bytes()[:200], "fp", *run) is None
     assert load_training_state(pickle.dumps({"epoch": 1}), "fp", *run) is None
+
+
+def write_with_metadata(path: Path, metadata: str, model: MLP | None = None) -> None:
+    tensors = (model or MLP(MLPConfig(hidden=(8,)))).state_dict()
+    save_file(tensors, path, metadata={METADATA_KEY: metadata})
+
+
+CONFIG = (
+    '"hidden": [8], "dropout": 0.0, "input_dropout": 0.0, "in_features": 784, "num_classes": 10'
+)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "phrase"),
+    [
+        ("{not json", "metadata that is not valid JSON"),
+        ("[1, 2]", "metadata that is not a JSON object"),
+        ('{"final_lr": 0.1}', "no architecture ('config')"),
+        (
+            '{"config": {' + CONFIG + ', "extra": 1}}',
+            "config.extra: Extra inputs are not permitted",
+        ),
+        (
+            '{"config": {' + CONFIG.replace("[8]", "[-8]") + "}}",
+            "config.hidden.0: Input should be greater than 0",
+        ),
+        (
+            '{"config": {' + CONFIG.replace("784", "785") + "}}",
+            "config.in_features: Input should be 784",
+        ),
+        (
+            '{"config": {' + CONFIG.replace("[8]", "[9]") + "}}",
+            "net.1.weight F32 [8, 784] instead of F32 [9, 784]",
+        ),
+        ('{"config": {' + CONFIG.replace("0.0,", "NaN,", 1) + "}}", "dropout"),
+    ],
+)
+def test_malformed_metadata_is_one_clear_error_naming_the_file(
+    tmp_path: Path, metadata: str, phrase: str
+) -> None:
+    path = tmp_path / "m.safetensors"
+    write_with_metadata(path, metadata)
+    with pytest.raises(StageError) as e:
+        load_model(path)
+    assert str(e.value).startswith(f"{path} ") and phrase in str(e.value), str(e.value)
+
+
+def test_metadata_claiming_a_huge_network_is_refused_before_allocating_it(tmp_path: Path) -> None:
+    """A small file whose metadata declares the largest network the schema allows (8 layers of
+    8192: 1.9 GB) must not make the loader build it first: the header's shapes are checked
+    against the config before anything is allocated."""
+    path = tmp_path / "m.safetensors"
+    huge = CONFIG.replace("[8]", str([MAX_WIDTH] * MAX_DEPTH))
+    write_with_metadata(path, '{"config": {' + huge + "}}", MLP(MLPConfig(hidden=(1,))))
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from stages.checkpoints import load_model\nfrom stages.cli import StageError\n"
+        f"try:\n    load_model(Path({str(path)!r}))\nexcept StageError as e:\n    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    message, peak_mb = result.stdout.strip().rsplit("\n", 1)
+    assert "do not fit the architecture" in message
+    assert int(peak_mb) < 1200, f"peak RSS {peak_mb} MB: the network was allocated"

@@ -1,9 +1,20 @@
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 
+from stages.cli import StageError
 from stages.data import Images
-from stages.engine import augment, evaluate, seed_everything, train_epoch
+from stages.engine import (
+    EpochLog,
+    augment,
+    evaluate,
+    fit,
+    seed_epoch,
+    seed_everything,
+    train_epoch,
+)
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer
 from stages.params import Augment, Params
@@ -75,3 +86,41 @@ def test_augment_flip_only_and_shift_only() -> None:
     assert {c for c in flipped.sum(1).argmax(1).tolist()} == {4, 20}  # as is, or mirrored
     shifted = augment(x, Augment(hflip=False, max_shift=1), torch.Generator().manual_seed(0))
     assert set(shifted.sum(1).argmax(1).tolist()) <= {3, 4, 5}
+
+
+def test_every_random_stream_is_seeded_differently() -> None:
+    # SeedSequence pads trailing zeros: (seed, epoch) and (seed, epoch, 0) would be one stream
+    for seed, epoch in [(0, 1), (42, 3), (7, 40)]:
+        states = set()
+        for stage in ("train", "swa"):
+            shuffle = seed_epoch(seed, epoch, stage)
+            states |= {shuffle.initial_seed(), torch.initial_seed()}
+        assert len(states) == 4, (seed, epoch)
+
+
+def test_validation_loss_is_plain_cross_entropy_whatever_the_objective(
+    params: Params, small_data
+) -> None:
+    _, val = small_data
+    model, history = train_briefly(params, small_data, epochs=1)
+    logits = model.eval()(val.images)
+    assert history[-1].loss == pytest.approx(F.cross_entropy(logits, val.labels).item(), rel=1e-5)
+    # label smoothing 0.1 is on: the objective is higher than the plain loss it is logged beside
+    assert params.train.losses.cross_entropy.label_smoothing > 0
+    assert history[0].objective > history[0].loss
+
+
+def test_a_diverging_run_stops_with_the_epoch_and_the_lr_to_lower(
+    params: Params, small_data
+) -> None:
+    train, val = small_data
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(64,)))
+    opt = torch.optim.SGD(model.parameters(), lr=1e30)
+    log = EpochLog(None, "train", 3)
+    with pytest.raises(
+        StageError, match=r"train: the loss became (nan|inf) in epoch 1 .*\(train.lr\)"
+    ):
+        fit(model, train, val, build_loss(params.train), opt, log, epochs=3, batch_size=64,
+            seed=0, stage="train", lr_key="train.lr", augmentation=None)  # fmt: skip
+    assert len(log.history) == 1  # only the score before training was logged

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from stages.cli import StageError
-from stages.export import check_parity, export_onnx, onnx_logits
+from stages.export import check_finite, check_parity, export_onnx, onnx_logits
 from stages.model import MLP, MLPConfig, predict_logits
 
 
@@ -45,3 +45,20 @@ def test_export_carries_no_source_paths(tmp_path: Path) -> None:
     export_onnx(MLP(MLPConfig(hidden=(8,))), tmp_path / "m.onnx", opset=18)
     content = (tmp_path / "m.onnx").read_bytes()
     assert b"stack_trace" not in content and b"stages/model.py" not in content
+
+
+def test_parity_check_counts_nan_as_a_difference() -> None:
+    reference = np.full((4, 10), np.nan, np.float32)
+    with pytest.raises(StageError, match=r"max \|logit difference\| inf"):
+        check_parity(reference, reference.copy(), atol=1e-4)
+
+
+def test_a_diverged_model_is_not_exported(tmp_path: Path, small_data) -> None:
+    model = MLP(MLPConfig(hidden=(8,)))
+    with torch.no_grad():
+        model.net[1].weight[0, 0] = float("nan")
+    logits = predict_logits(model, small_data[1].images).numpy()
+    with pytest.raises(StageError, match=r"non-finite weights \(net\.1\.weight\): it diverged"):
+        check_finite(model, logits, "the swa model")
+    with pytest.raises(StageError, match="non-finite outputs"):
+        check_finite(MLP(MLPConfig(hidden=(8,))), logits, "the swa model")

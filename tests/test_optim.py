@@ -5,7 +5,7 @@ import torch
 
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
-from stages.params import Params
+from stages.params import Params, Train
 
 OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle"]
@@ -73,3 +73,86 @@ def test_losses(params: Params, name: str) -> None:
         torch.testing.assert_close(loss, plain)
     else:  # label smoothing raises the loss of confident, correct predictions
         assert loss > plain
+
+
+def train_steps(cfg: Train, steps: int = 3) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(16,)))
+    opt = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
+    sched, _ = build_scheduler(opt, cfg, steps_per_epoch=steps)
+    x, y = torch.rand(8, 28, 28), torch.arange(8) % 10
+    for _ in range(steps):
+        opt.zero_grad()
+        build_loss(cfg)(model(x), y).backward()
+        opt.step()
+        sched.step()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def with_optimizer_args(cfg: Train, **args: object) -> Train:
+    block = cfg.optimizer_args.model_copy(update=args)
+    return cfg.model_copy(
+        update={"optimizers": cfg.optimizers.model_copy(update={cfg.optimizer: block})}
+    )
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_onecycle_keeps_the_momentum_params_yaml_sets(params: Params, name: str) -> None:
+    cfg = params.train.model_copy(update={"optimizer": name, "scheduler": "onecycle"})
+    key = cfg.optimizer_args.momentum_key
+    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
+    build_scheduler(opt, cfg, steps_per_epoch=10)
+    expected = getattr(cfg.optimizer_args, key)
+    assert opt.param_groups[0][key] == (tuple(expected) if key == "betas" else expected)
+
+
+def test_a_changed_beta1_changes_the_weights_under_onecycle(params: Params) -> None:
+    cfg = params.train.model_copy(update={"optimizer": "adamw", "scheduler": "onecycle"})
+    other = with_optimizer_args(cfg, betas=[0.5, 0.999])
+    assert not torch.equal(train_steps(cfg), train_steps(other))
+
+
+def test_momentum_cycling_when_asked_drives_beta1_and_says_so(params: Params) -> None:
+    cycle = params.train.schedulers.onecycle.model_copy(update={"cycle_momentum": True})
+    cfg = params.train.model_copy(
+        update={
+            "optimizer": "adamw", "scheduler": "onecycle",
+            "schedulers": params.train.schedulers.model_copy(update={"onecycle": cycle}),
+        }
+    )  # fmt: skip
+    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
+    build_scheduler(opt, cfg, steps_per_epoch=10)
+    assert opt.param_groups[0]["betas"][0] == cycle.max_momentum
+    (note,) = cfg.unused_params()
+    assert "train.optimizers.adamw.betas[0] is not used" in note
+
+
+def test_adagrad_trains_under_onecycle(params: Params) -> None:
+    cfg = params.train.model_copy(update={"optimizer": "adagrad", "scheduler": "onecycle"})
+    weights = train_steps(cfg)
+    assert torch.isfinite(weights).all()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_each_optimizer_gets_its_own_lr_and_weight_decay(params: Params, name: str) -> None:
+    cfg = params.train.model_copy(update={"optimizer": name})
+    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
+    block = getattr(params.train.optimizers, name)
+    assert opt.param_groups[0]["lr"] == block.lr
+    assert opt.param_groups[0]["weight_decay"] == block.weight_decay
+    override = cfg.model_copy(update={"lr": 0.123})
+    assert override.learning_rate == 0.123
+    assert f"train.optimizers.{name}.lr is not used" in override.unused_params()[0]
+
+
+def test_onecycle_with_a_one_step_warm_up_starts_at_the_peak(params: Params) -> None:
+    # torch's OneCycleLR divides by zero when pct_start x total steps is exactly 1
+    cfg = params.train.model_copy(update={"scheduler": "onecycle", "epochs": 1})
+    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
+    sched, _ = build_scheduler(opt, cfg, steps_per_epoch=4)
+    lrs = [current_lr(opt)]
+    for _ in range(3):
+        opt.step()
+        sched.step()
+        lrs.append(current_lr(opt))
+    assert lrs[0] == pytest.approx(cfg.learning_rate) and lrs == sorted(lrs, reverse=True)

@@ -149,3 +149,40 @@ def test_any_unknown_key_is_refused_by_name(key: str) -> None:
         return
     message = error_of(with_value(PROJECT_RAW, f"train.{key}", 1))
     assert f"train.{key}: unknown key" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"train.optimizers.sgd.momentum": 0.0, "train.optimizers.sgd.nesterov": True},
+            "nesterov = true needs momentum > 0",
+        ),
+        (
+            {"train.optimizer": "adagrad", "train.schedulers.onecycle.cycle_momentum": True},
+            "train.optimizer = 'adagrad' has none",
+        ),
+        (
+            {"train.schedulers.onecycle.base_momentum": 0.96},
+            "base_momentum = 0.96 must not exceed max_momentum",
+        ),
+        ({"train.lr": float("inf")}, "train.lr = inf"),
+        ({"swa.lr": float("nan")}, "swa.lr = nan"),
+        ({"download.timeout_s": float("inf")}, "download.timeout_s = inf"),
+        ({"split.seed": -1}, "split.seed = -1"),
+        ({"train.seed": 2**32}, "train.seed = 4294967296"),
+        ({"split.subset": 60_001}, "split.subset = 60001"),
+        ({"model.hidden": [100_000]}, "model.hidden.0 = 100000"),
+        ({"model.hidden": [8] * 9}, "model.hidden"),
+    ],
+)
+def test_combinations_torch_or_numpy_would_refuse_late_are_refused_early(
+    raw: dict, changes: dict, expected: str
+) -> None:
+    for key, value in changes.items():
+        raw = with_value(raw, key, value)
+    assert expected in error_of(raw)
+
+
+def test_a_subset_of_every_image_is_all_of_them(raw: dict) -> None:
+    assert parse_params(with_value(raw, "split.subset", 60_000)).split.subset == 60_000
