@@ -297,8 +297,11 @@ class Evaluate(Strict):
 
 class Export(Strict):
     model: Literal["swa", "train"]
-    opset: Annotated[int, Field(ge=18)]
+    opset: Annotated[int, Field(ge=18, le=28)]
+    """torch's exporter writes 18 and up; 28 is the newest the locked onnx knows."""
     atol: PositiveFloat
+    rtol: NonNegativeFloat
+    """The parity check allows |logit difference| <= atol + rtol x the largest |logit|."""
 
 
 class Params(Strict):
