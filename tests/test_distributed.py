@@ -6,13 +6,17 @@ Run as a module under torchrun, this file is also the worker of the first test:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +163,68 @@ def test_a_failure_in_the_processes_is_one_clean_error(split: Workdir, tmp_path:
     first = result.stderr.splitlines()[0]
     assert first.startswith(("error: ", "[rank 1] error: ")) and "is missing" in first
     assert work.snapshot() == before
+
+
+# ---- resume across machines: two torchrun "nodes" on loopback, each in its own directory ----
+
+
+def start(work: Workdir, *launcher: str) -> subprocess.Popen[str]:
+    # one thread per process, as the stage's own launcher gives each of 2 processes on 2 cores:
+    # the thread count changes the summation order, and so the bytes
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, *launcher, "-m", "stages.train"], cwd=work.path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_after_first_saved_epoch(work: Workdir) -> None:
+    proc = start(work)
+    deadline = time.monotonic() + 120
+    while not (work.path / TRAIN_RESUME).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no state was saved"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_ranks_on_other_machines_resume_from_rank_0s_state(split: Workdir, tmp_path: Path) -> None:
+    """After an interrupted run, only rank 0's machine has models/resume/. Every rank must still
+    continue after the same epoch, and the run must end with the uninterrupted bytes."""
+    nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
+    for node in nodes:
+        node.set("train.nproc", 2)
+        node.set("train.epochs", 8)
+    straight = copy_of(nodes[1], tmp_path / "straight")
+    kill_after_first_saved_epoch(nodes[0])
+    assert (nodes[0].path / TRAIN_RESUME).exists() and not (nodes[1].path / TRAIN_RESUME).exists()
+
+    port = free_port()
+    procs = [
+        start(node, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+              f"--node-rank={i}", "--master-addr=127.0.0.1", f"--master-port={port}")
+        for i, node in enumerate(nodes)
+    ]  # fmt: skip
+    try:
+        outputs = [proc.communicate(timeout=180)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    assert "train: resuming after epoch" in outputs[0]
+    result = straight.run("train")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sha256(nodes[0].path / TRAIN_MODEL) == sha256(straight.path / TRAIN_MODEL)
+    assert not (nodes[1].path / TRAIN_MODEL).exists()  # rank 1 writes nothing
 
 
 if __name__ == "__main__":
