@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.data import Images, load_split
 from stages.engine import steps_per_epoch, train_epoch
 from stages.fashion_mnist import RAW_FILES
-from stages.model import MLP, MLPConfig
+from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler
 from stages.params import load_params
 from stages.paths import RAW_DIR, TRAIN_DATA
@@ -112,7 +112,7 @@ def project_epoch(data: Images, **overrides: object) -> Callable[[], object]:
     """One epoch of the train stage's loop with params.yaml's train section, `overrides` applied."""
     params = load_params()
     cfg = params.train.model_copy(update=overrides)
-    model = MLP(MLPConfig.from_params(params.model, 0.286, 0.353))
+    model = MLP(MLPConfig.from_params(params.model, LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD))
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     # a one-cycle schedule long enough for the warm-up and timed epochs, stepped per batch
     scheduler, per_batch = build_scheduler(

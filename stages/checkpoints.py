@@ -84,10 +84,6 @@ def read_header(path: Path, name: str) -> tuple[dict[str, Any], dict[str, tuple[
     return metadata, tensors
 
 
-def read_metadata(path: Path) -> dict[str, Any]:
-    return read_header(path, str(path))[0]
-
-
 def parse_architecture(metadata: dict[str, Any], name: str) -> MLPConfig:
     if "config" not in metadata:
         raise _refuse(name, "has no architecture ('config') in its metadata")

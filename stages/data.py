@@ -38,7 +38,10 @@ def read_pixel_statistics(manifest: Path) -> tuple[float, float]:
     """The training split's pixel mean and standard deviation, as the split stage measured them."""
     try:
         stats = json.loads(manifest.read_text())["pixel_statistics"]
-        return float(stats["mean"]), float(stats["std"])
+        mean, std = float(stats["mean"]), float(stats["std"])
+        if not (0 <= mean <= 1 and 0 < std <= 1):
+            raise ValueError(f"mean {mean} and std {std} are not statistics of pixels in [0, 1]")
+        return mean, std
     except FileNotFoundError:
         raise StageError(f"{manifest} is missing: run the split stage (dvc repro split)") from None
     except (ValueError, KeyError, TypeError) as e:

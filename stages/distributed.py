@@ -83,9 +83,9 @@ def require_same(value: int, what: str, device: torch.device) -> None:
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     if low.item() != high.item():
         raise StageError(
-            f"the processes disagree on {what}: rank {rank()} has {value}, others between "
-            f"{low.item()} and {high.item()}. Their params, data or code differ; make every "
-            "machine's checkout the same, or delete models/resume/ on every machine to start over"
+            f"the processes disagree on {what}: rank {rank()} has {value}, the ranks range from "
+            f"{low.item()} to {high.item()}. Give every machine the same checkout, params.yaml "
+            "and data (dvc pull), or delete rank 0's models/resume/ to start over"
         )
 
 

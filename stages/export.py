@@ -96,7 +96,7 @@ def check_finite(model: MLP, logits: np.ndarray, name: str) -> None:
         where = f"weights ({', '.join(bad[:3])})" if bad else "outputs on the test set"
         raise StageError(
             f"{name} has non-finite {where}: it diverged. Nothing was exported; retrain with a "
-            "lower learning rate (train.lr, swa.lr)"
+            "lower learning rate (train.optimizers.<name>.lr or train.lr; swa.lr)"
         )
 
 

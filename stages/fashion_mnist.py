@@ -154,8 +154,9 @@ def class_counts(labels: np.ndarray) -> dict[str, int]:
 def pixel_statistics(images: np.ndarray) -> dict[str, float]:
     """Mean and standard deviation of the pixels scaled to [0, 1], from exact integer sums, so
     they come out the same on any machine and for any order of the images."""
-    pixels = images.reshape(-1).astype(np.int64)
-    n, total, squares = pixels.size, int(pixels.sum()), int((pixels * pixels).sum())
+    counts = np.bincount(images.reshape(-1), minlength=256).astype(np.int64)  # no big copies
+    values = np.arange(256, dtype=np.int64)
+    n, total, squares = int(counts.sum()), int(counts @ values), int(counts @ values**2)
     mean = total / n
     variance = max(squares / n - mean * mean, 0.0)
     return {"mean": mean / 255, "std": max(variance**0.5 / 255, MIN_PIXEL_STD)}

@@ -54,7 +54,7 @@ def write_json(path: Path, data: Any) -> None:
     try:
         text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
     except ValueError as e:
-        raise StageError(f"refusing to write {path}: {e} (a diverged model?)") from None
+        raise StageError(f"refusing to write {path}: {e}; JSON has no NaN or infinity") from None
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 

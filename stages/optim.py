@@ -80,5 +80,19 @@ def build_scheduler(
     raise AssertionError(f"unhandled scheduler {cfg.scheduler}")
 
 
+def stepper(scheduler: LRScheduler | None, total_steps: int) -> Callable[[], None] | None:
+    """scheduler.step, except after the run's last step: that call would set the lr of a step
+    that never comes (OneCycleLR's linear annealing extrapolates it below zero), and the lr the
+    run ended at, which swa starts from, must be the one its last step used."""
+    if scheduler is None:
+        return None
+
+    def step() -> None:
+        if scheduler.last_epoch + 1 < total_steps:
+            scheduler.step()
+
+    return step
+
+
 def current_lr(optimizer: Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])

@@ -268,7 +268,7 @@ class Train(Strict):
             key = self.optimizer_args.momentum_key
             shown = "betas[0]" if key == "betas" else key
             notes.append(
-                f"train.optimizers.{self.optimizer}.{shown} is not used: "
+                f"train.optimizers.{self.optimizer}.{shown} is not used by train (swa uses it): "
                 f"train.schedulers.onecycle.cycle_momentum cycles it between "
                 f"{cycle.base_momentum} and {cycle.max_momentum}"
             )
@@ -330,6 +330,11 @@ _Yaml12FloatLoader.add_implicit_resolver(
 
 
 MAX_REPORTED = 8
+MOVED = {
+    "train.weight_decay": "moved: each optimizer has its own, as its meaning differs "
+    "(train.optimizers.<name>.weight_decay)",
+}
+"""Keys of older params files, and where they went."""
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
@@ -359,6 +364,8 @@ def _describe(err: Any, raw: dict) -> str:
     loc = tuple(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
+        if key in MOVED:
+            return f"{key}: {MOVED[key]}"
         allowed = sorted(_fields_at(loc[:-1]))
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""

@@ -40,7 +40,7 @@ from stages.distributed import (
 from stages.engine import epoch_log, fit, seed_everything, steps_per_epoch
 from stages.files import sha256_file
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
+from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr, stepper
 from stages.params import Params
 from stages.paths import (
     SPLIT_MANIFEST,
@@ -68,13 +68,14 @@ def train(params: Params, device: torch.device) -> None:
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     steps = steps_per_epoch(len(train_data), cfg.batch_size)
     scheduler, per_batch = build_scheduler(optimizer, cfg, steps)
-    step = scheduler.step if scheduler is not None else None
+    step = stepper(scheduler, cfg.epochs * steps if per_batch else cfg.epochs)
 
     # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
     # same epoch, or all stop (a rank whose params, data or code differ finds no match)
     fingerprint = run_fingerprint(params)
     state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
     resumed = load_training_state(state, fingerprint, model, optimizer, scheduler)
+    require_same(int(fingerprint[:15], 16), "params, data and code (their fingerprint)", device)
     require_same(resumed.epoch if resumed else 0, "the epoch training resumes after", device)
 
     if is_main():

@@ -261,3 +261,14 @@ def test_metadata_claiming_a_huge_network_is_refused_before_allocating_it(tmp_pa
     message, peak_mb = result.stdout.strip().rsplit("\n", 1)
     assert "do not fit the architecture" in message
     assert int(peak_mb) < 1200, f"peak RSS {peak_mb} MB: the network was allocated"
+
+
+def test_a_model_file_of_the_older_format_loads_with_its_normalization(tmp_path: Path) -> None:
+    """Files written before the statistics were measured on the training split (and before
+    input dropout) carry neither: they were trained with the full-set statistics."""
+    path = tmp_path / "m.safetensors"
+    old = '"hidden": [8], "dropout": 0.0, "in_features": 784, "num_classes": 10'
+    write_with_metadata(path, '{"config": {' + old + '}, "final_lr": 0.001}')
+    model, info = load_model(path)
+    assert (model.config.pixel_mean, model.config.pixel_std) == (0.2860, 0.3530)
+    assert model.config.input_dropout == 0.0 and info == {"final_lr": 0.001}

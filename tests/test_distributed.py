@@ -194,8 +194,26 @@ def kill_after_first_saved_epoch(work: Workdir) -> None:
     proc.wait()
 
 
+def run_as_two_nodes(nodes: list[Workdir]) -> tuple[list[subprocess.Popen], list[str]]:
+    """torchrun on each "machine" (directory), joined over loopback; their exit and output."""
+    port = free_port()
+    procs = [
+        start(node, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+              f"--node-rank={i}", "--master-addr=127.0.0.1", f"--master-port={port}")
+        for i, node in enumerate(nodes)
+    ]  # fmt: skip
+    try:
+        return procs, [proc.communicate(timeout=180)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
-def test_ranks_on_other_machines_resume_from_rank_0s_state(split: Workdir, tmp_path: Path) -> None:
+def test_ranks_on_other_machines_resume_from_rank_0s_state(
+    split: Workdir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """After an interrupted run, only rank 0's machine has models/resume/. Every rank must still
     continue after the same epoch, and the run must end with the uninterrupted bytes."""
     nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
@@ -206,25 +224,28 @@ def test_ranks_on_other_machines_resume_from_rank_0s_state(split: Workdir, tmp_p
     kill_after_first_saved_epoch(nodes[0])
     assert (nodes[0].path / TRAIN_RESUME).exists() and not (nodes[1].path / TRAIN_RESUME).exists()
 
-    port = free_port()
-    procs = [
-        start(node, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-              f"--node-rank={i}", "--master-addr=127.0.0.1", f"--master-port={port}")
-        for i, node in enumerate(nodes)
-    ]  # fmt: skip
-    try:
-        outputs = [proc.communicate(timeout=180)[0] for proc in procs]
-    finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+    procs, outputs = run_as_two_nodes(nodes)
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out
     assert "train: resuming after epoch" in outputs[0]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as the nodes had, whatever the core count
     result = straight.run("train")
     assert result.returncode == 0, result.stdout + result.stderr
     assert sha256(nodes[0].path / TRAIN_MODEL) == sha256(straight.path / TRAIN_MODEL)
     assert not (nodes[1].path / TRAIN_MODEL).exists()  # rank 1 writes nothing
+
+
+def test_machines_with_different_params_refuse_to_train_together(
+    split: Workdir, tmp_path: Path
+) -> None:
+    nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
+    for node in nodes:
+        node.set("train.nproc", 2)
+    nodes[1].set("train.optimizers.adamw.lr", 0.001)
+    procs, outputs = run_as_two_nodes(nodes)
+    assert all(proc.returncode != 0 for proc in procs)
+    assert "error: the processes disagree on params, data and code" in outputs[0], outputs[0]
+    assert not (nodes[0].path / TRAIN_MODEL).exists()
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import load_file
 
+from stages.checkpoints import load_model
 from stages.cli import StageError
 from stages.fashion_mnist import (
     RAW_FILES,
@@ -17,9 +20,13 @@ from stages.fashion_mnist import (
     class_counts,
     decompress_verified,
     parse_idx,
+    pixel_statistics,
     read_images_and_labels,
     stratified_split,
 )
+from stages.paths import SPLIT_MANIFEST, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
+
+from .conftest import Workdir, run_in_process
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -151,3 +158,32 @@ def test_parse_idx_round_trips_any_shape_and_refuses_any_truncation(
     np.testing.assert_array_equal(parse_idx(content), array)
     with pytest.raises(StageError):
         parse_idx(content[: max(0, len(content) - cut)])
+
+
+def test_pixel_statistics_are_exact_and_order_free() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (500, 28, 28), dtype=np.uint8)
+    stats = pixel_statistics(images)
+    scaled = images.astype(np.float64) / 255
+    assert stats["mean"] == pytest.approx(scaled.mean(), rel=1e-12)
+    assert stats["std"] == pytest.approx(scaled.std(), rel=1e-9)
+    assert pixel_statistics(images[::-1]) == stats
+    assert pixel_statistics(np.zeros((3, 28, 28), np.uint8))["std"] > 0  # floored, not 0
+
+
+def test_normalization_comes_from_the_training_split_alone(
+    tmp_path: Path, raw_dir: Path, train_arrays
+) -> None:
+    """The split's manifest holds the statistics of the training images it wrote, not of the
+    validation images, and train puts them in the model's config."""
+    work = Workdir.with_raw_data(tmp_path, raw_dir, subset=3000, val_size=1000)
+    work.set("train.epochs", 0)
+    for stage in ("split", "train"):
+        run_in_process(work, stage)
+    manifest = json.loads((work.path / SPLIT_MANIFEST).read_text())["pixel_statistics"]
+    train = load_file(work.path / TRAIN_DATA)["images"]
+    val = load_file(work.path / VAL_DATA)["images"]
+    assert manifest == pixel_statistics(train)
+    assert manifest != pixel_statistics(np.concatenate([train, val]))
+    model, _ = load_model(work.path / TRAIN_MODEL)
+    assert (model.config.pixel_mean, model.config.pixel_std) == (manifest["mean"], manifest["std"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
+from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr, stepper
 from stages.params import Params, Train
 
 OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad"]
@@ -156,3 +156,25 @@ def test_onecycle_with_a_one_step_warm_up_starts_at_the_peak(params: Params) -> 
         sched.step()
         lrs.append(current_lr(opt))
     assert lrs[0] == pytest.approx(cfg.learning_rate) and lrs == sorted(lrs, reverse=True)
+
+
+@pytest.mark.parametrize("anneal", ["cos", "linear"])
+def test_the_lr_a_run_ends_at_is_the_one_its_last_step_used(params: Params, anneal: str) -> None:
+    # a scheduler step after the last batch would set the lr of a step that never comes: linear
+    # one-cycle extrapolates it below zero, and swa starts from it
+    onecycle = params.train.schedulers.onecycle.model_copy(
+        update={"anneal_strategy": anneal, "div_factor": 5000.0, "final_div_factor": 1e5}
+    )
+    cfg = params.train.model_copy(
+        update={"scheduler": "onecycle", "epochs": 2,
+                "schedulers": params.train.schedulers.model_copy(update={"onecycle": onecycle})}
+    )  # fmt: skip
+    opt = build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
+    sched, _ = build_scheduler(opt, cfg, steps_per_epoch=7)
+    step = stepper(sched, total_steps=14)
+    used = []
+    for _ in range(14):
+        used.append(current_lr(opt))
+        opt.step()
+        step()
+    assert current_lr(opt) == used[-1] > 0

@@ -186,3 +186,9 @@ def test_combinations_torch_or_numpy_would_refuse_late_are_refused_early(
 
 def test_a_subset_of_every_image_is_all_of_them(raw: dict) -> None:
     assert parse_params(with_value(raw, "split.subset", 60_000)).split.subset == 60_000
+
+
+def test_a_key_that_moved_says_where_it_went(raw: dict) -> None:
+    message = error_of(with_value(raw, "train.weight_decay", 0.05))
+    assert "train.weight_decay: moved: each optimizer has its own" in message
+    assert "train.optimizers.<name>.weight_decay" in message

@@ -114,7 +114,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
 @example(changes={"train.optimizers.sgd": {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.0,
                                            "nesterov": False}, "train.optimizer": "sgd"})  # fmt: skip
 @example(changes={"train.optimizer": "adagrad", "train.scheduler": "onecycle"})  # a bug once
-@example(changes={"train.batch_size": 150, "train.epochs": 1})  # one-cycle's 1-step warm-up
+@example(changes={"train.batch_size": 60, "train.epochs": 1})  # 4 steps: a 1-step warm-up
 @given(changes=st.lists(CHANGE, min_size=1, max_size=5).map(dict))
 def test_params_the_schema_accepts_run_every_stage(work: Workdir, changes: dict) -> None:
     raw = yaml.safe_load(yaml.safe_dump(PROJECT))
@@ -135,4 +135,6 @@ def test_params_the_schema_accepts_run_every_stage(work: Workdir, changes: dict)
         for stage in STAGES:
             run_in_process(work, stage)
     except StageError as e:
-        assert "diverged" in str(e), f"the schema accepted params that {stage} refused: {e}"
+        assert f"{stage}: the loss became" in str(e), (
+            f"the schema accepted what {stage} refused: {e}"
+        )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from stages.checkpoints import METADATA_KEY, read_metadata, save_model
+from stages.checkpoints import METADATA_KEY, read_header, save_model
 from stages.fashion_mnist import RAW_FILES
 from stages.model import MLP, MLPConfig
 from stages.paths import MODELS, RAW_DIR, TRAIN_MODEL
@@ -178,7 +178,7 @@ def write_truncated(path: Path) -> None:
 
 def write_wrong_shapes(path: Path) -> None:
     # the weights of a (8,)-hidden MLP under the metadata of the (16,)-hidden one it replaces
-    metadata = {METADATA_KEY: json.dumps(read_metadata(path), sort_keys=True)}
+    metadata = {METADATA_KEY: json.dumps(read_header(path, str(path))[0], sort_keys=True)}
     save_file(MLP(MLPConfig(hidden=(8,))).state_dict(), path, metadata=metadata)
 
 
