@@ -13,16 +13,20 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
     ValidationError,
+    create_model,
     model_validator,
 )
 
@@ -49,6 +53,18 @@ def _auto_or_positive(value: Any) -> str | float:
 
 
 AutoOrPositive = Annotated[Literal["auto"] | float, PlainValidator(_auto_or_positive)]
+
+
+def _not_refused(refused: dict[str, str]) -> Callable[[Any], Any]:
+    """A before-validator that names why a real torch option is not offered."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and value in refused:
+            raise ValueError(refused[value])
+        return value
+
+    return check
+
 
 MAX_WIDTH, MAX_DEPTH = 8192, 8
 """Beyond these the MLP no longer fits a training machine's memory in a useful time."""
@@ -92,18 +108,32 @@ class Model(Strict):
 
 
 class OptimizerArgs(Strict):
-    """What every optimizer block holds: its own learning rate and weight decay, because one
-    value does not suit all (AdamW's lr is far too small for SGD; AdamW's decoupled decay of
-    0.05 is a heavy L2 penalty for the others)."""
+    """What every optimizer block holds: its own learning rate, because one value does not suit
+    all (AdamW's 0.004 is far too small for SGD or Adadelta). The other fields are the torch
+    optimizer's own keyword arguments, by the same names."""
 
     lr: PositiveFloat
-    weight_decay: NonNegativeFloat
 
     momentum_key: ClassVar[str | None] = None
     """The argument OneCycleLR's momentum cycling would drive: 'momentum', 'betas' or none."""
 
+    def torch_kwargs(self) -> dict[str, Any]:
+        """The block as keyword arguments of the torch class (pairs as tuples)."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()}
 
-class Sgd(OptimizerArgs):
+
+class WithDecay(OptimizerArgs):
+    """weight_decay is each optimizer's own: decoupled for AdamW (and NAdam/RAdam with
+    decoupled_weight_decay), an L2 penalty added to the gradient for the others, where the
+    value AdamW uses (0.05) over-regularizes."""
+
+    weight_decay: NonNegativeFloat
+
+
+Betas = Annotated[list[UnitFloat], Field(min_length=2, max_length=2)]
+
+
+class Sgd(WithDecay):
     momentum: UnitFloat
     nesterov: bool
     momentum_key: ClassVar[str | None] = "momentum"
@@ -118,30 +148,96 @@ class Sgd(OptimizerArgs):
         return self
 
 
-class Adam(OptimizerArgs):
-    betas: Annotated[list[UnitFloat], Field(min_length=2, max_length=2)]
+class Adam(WithDecay):
+    betas: Betas
     eps: PositiveFloat
     momentum_key: ClassVar[str | None] = "betas"
 
 
-class RmsProp(OptimizerArgs):
+class NAdam(Adam):
+    momentum_decay: NonNegativeFloat
+    decoupled_weight_decay: bool
+
+
+class RAdam(Adam):
+    decoupled_weight_decay: bool
+
+
+class RmsProp(WithDecay):
     alpha: UnitFloat
     momentum: UnitFloat
     eps: PositiveFloat
     momentum_key: ClassVar[str | None] = "momentum"
 
 
-class Adagrad(OptimizerArgs):
+class Adagrad(WithDecay):
     lr_decay: NonNegativeFloat
     eps: PositiveFloat
 
 
-class Optimizers(Strict):
-    sgd: Sgd
-    adam: Adam
-    adamw: Adam
-    rmsprop: RmsProp
-    adagrad: Adagrad
+class Adadelta(WithDecay):
+    rho: UnitFloat
+    eps: PositiveFloat
+
+
+class Asgd(WithDecay):
+    lambd: NonNegativeFloat
+    alpha: NonNegativeFloat
+    t0: NonNegativeFloat
+
+
+class Rprop(OptimizerArgs):
+    """No weight decay in torch's Rprop, so no key for it."""
+
+    etas: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
+    step_sizes: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Rprop:
+        (minus, plus), (low, high) = self.etas, self.step_sizes
+        if not minus < 1 < plus:
+            raise ValueError(f"etas = {self.etas}: need etaminus < 1 < etaplus")
+        if not low < high:
+            raise ValueError(f"step_sizes = {self.step_sizes}: need min < max")
+        return self
+
+
+@dataclass(frozen=True)
+class OptimizerKind:
+    args: type[OptimizerArgs]
+    torch_name: str
+    """The class in torch.optim."""
+    implementation: Literal["fused", "foreach"]
+    """The fastest torch offers on this class: fused kernels are 2-3x faster per step on CPU
+    than the per-tensor loop (bench/epoch_time.py); foreach batches the loop where there are
+    none."""
+
+
+OPTIMIZERS = {
+    "sgd": OptimizerKind(Sgd, "SGD", "fused"),
+    "adam": OptimizerKind(Adam, "Adam", "fused"),
+    "adamw": OptimizerKind(Adam, "AdamW", "fused"),
+    "nadam": OptimizerKind(NAdam, "NAdam", "foreach"),
+    "radam": OptimizerKind(RAdam, "RAdam", "foreach"),
+    "adamax": OptimizerKind(Adam, "Adamax", "foreach"),
+    "rmsprop": OptimizerKind(RmsProp, "RMSprop", "foreach"),
+    "adagrad": OptimizerKind(Adagrad, "Adagrad", "fused"),
+    "adadelta": OptimizerKind(Adadelta, "Adadelta", "foreach"),
+    "asgd": OptimizerKind(Asgd, "ASGD", "foreach"),
+    "rprop": OptimizerKind(Rprop, "Rprop", "foreach"),
+}
+"""Every optimizer `train.optimizer` can name: its argument block and its torch class. Adding
+one is an entry here and its block in params.yaml."""
+
+REFUSED_OPTIMIZERS = {
+    "sparseadam": "SparseAdam accepts only sparse gradients and the MLP's are dense: use adam "
+    "or adamw (the same update on dense gradients)",
+}
+
+OptimizerName = Literal[tuple(OPTIMIZERS)]
+Optimizers = create_model(
+    "Optimizers", __base__=Strict, **{name: (kind.args, ...) for name, kind in OPTIMIZERS.items()}
+)
 
 
 class CrossEntropy(Strict):
@@ -222,7 +318,7 @@ class Train(Strict):
     """'auto': the chosen optimizer's own lr (train.optimizers.<name>.lr); a number overrides
     it, whatever the optimizer."""
     augment: Augment
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
+    optimizer: Annotated[OptimizerName, BeforeValidator(_not_refused(REFUSED_OPTIMIZERS))]
     optimizers: Optimizers
     loss: Literal["cross_entropy", "nll"]
     losses: Losses

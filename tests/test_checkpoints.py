@@ -28,7 +28,7 @@ from stages.data import Images
 from stages.engine import seed_epoch, steps_per_epoch, train_epoch
 from stages.model import MLP, MLPConfig
 from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
-from stages.params import MAX_DEPTH, MAX_WIDTH, MultiStepLR, Params, StepLR, Train
+from stages.params import MAX_DEPTH, MAX_WIDTH, OPTIMIZERS, MultiStepLR, Params, StepLR, Train
 
 from .conftest import ROOT
 
@@ -105,7 +105,6 @@ def test_missing_file_names_the_stage_to_run(tmp_path: Path) -> None:
         load_model(tmp_path / "none.safetensors")
 
 
-OPTIMIZERS = ["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle"]
 EPOCHS = 4
 
@@ -144,7 +143,7 @@ def run_epochs(cfg: Train, data: Images, run, epochs: range) -> None:
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_training_state_resumes_bit_for_bit(
     tmp_path: Path, params: Params, small_data, optimizer: str, scheduler: str
 ) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stages.cli import StageError
-from stages.params import Params, load_params, parse_params
+from stages.params import OPTIMIZERS, Params, load_params, parse_params
 
 from .conftest import ROOT
 
@@ -38,7 +38,7 @@ def error_of(raw: object) -> str:
 
 
 def test_project_params_are_valid(params: Params) -> None:
-    assert params.train.optimizer in ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+    assert params.train.optimizer in OPTIMIZERS
     assert params.split.val_size < 60_000
 
 
@@ -192,3 +192,9 @@ def test_a_key_that_moved_says_where_it_went(raw: dict) -> None:
     message = error_of(with_value(raw, "train.weight_decay", 0.05))
     assert "train.weight_decay: moved: each optimizer has its own" in message
     assert "train.optimizers.<name>.weight_decay" in message
+
+
+def test_sparseadam_is_refused_with_what_to_use_instead(raw: dict) -> None:
+    message = error_of(with_value(raw, "train.optimizer", "sparseadam"))
+    assert "train.optimizer = 'sparseadam': SparseAdam accepts only sparse gradients" in message
+    assert "use adam or adamw" in message

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from stages.cli import StageError
-from stages.params import parse_params
+from stages.params import OPTIMIZERS, parse_params
 
 from .conftest import ROOT, Workdir, run_in_process
 
@@ -35,7 +35,7 @@ KEYS: dict[str, st.SearchStrategy] = {
     "train.lr": st.one_of(st.just("auto"), small_positive),
     "train.augment.hflip": st.booleans(),
     "train.augment.max_shift": st.integers(0, 4),
-    "train.optimizer": st.sampled_from(["sgd", "adam", "adamw", "rmsprop", "adagrad"]),
+    "train.optimizer": st.sampled_from(sorted(OPTIMIZERS)),
     "train.optimizers.sgd": st.fixed_dictionaries(
         {
             "lr": small_positive,
