@@ -30,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stages.data import Images, load_split
 from stages.engine import steps_per_epoch, train_epoch
 from stages.fashion_mnist import RAW_FILES
+from stages.losses import build_loss
 from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer, build_scheduler
+from stages.optimizers import build_optimizer
 from stages.params import load_params
 from stages.paths import RAW_DIR, TRAIN_DATA
+from stages.schedulers import build_schedule
 
 # forward 2·(784·512 + 512·512 + 512·10) FLOP per image, backward twice that
 FLOP_PER_IMAGE = 3 * 2 * (784 * 512 + 512 * 512 + 512 * 10)
@@ -115,17 +117,16 @@ def project_epoch(data: Images, **overrides: object) -> Callable[[], object]:
     model = MLP(MLPConfig.from_params(params.model, LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD))
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     # a one-cycle schedule long enough for the warm-up and timed epochs, stepped per batch
-    scheduler, per_batch = build_scheduler(
+    schedule = build_schedule(
         optimizer,
         cfg.model_copy(update={"epochs": 1000}),
         steps_per_epoch(len(data), cfg.batch_size),
     )
-    after_step = scheduler.step if scheduler is not None and per_batch else None
     loss_fn = build_loss(cfg)
     generator = torch.Generator().manual_seed(0)
     return lambda: train_epoch(
         model, data, loss_fn, optimizer, cfg.batch_size, generator,
-        bf16=cfg.bf16, after_step=after_step,
+        bf16=cfg.bf16, after_step=schedule.after_batch,
     )  # fmt: skip
 
 

@@ -14,14 +14,13 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
 from pydantic import Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, safe_open, save_file
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 
 from stages.cli import StageError
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
@@ -141,6 +140,12 @@ def load_model(
 RESUME_KEY = "fashion_mlp_training_state"
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass
 class TrainingState:
     """What a killed run needs to continue bit for bit: the epoch reached, the per-epoch log
@@ -149,6 +154,8 @@ class TrainingState:
 
     epoch: int
     history: list[dict[str, float]]
+    kept: dict[str, Any] | None = None
+    """The weights (and lr) of the best epoch so far, when the run keeps the best."""
 
 
 def encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -191,7 +198,7 @@ def save_training_state(
     state: TrainingState,
     model: torch.nn.Module,
     optimizer: Optimizer,
-    scheduler: LRScheduler | None,
+    schedule: Stateful,
 ) -> None:
     tensors: dict[str, torch.Tensor] = {}
     content = {
@@ -200,7 +207,8 @@ def save_training_state(
         "history": state.history,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "schedule": schedule.state_dict(),
+        "kept": state.kept,
     }
     metadata = json.dumps(encode(content, tensors))
     with atomic_path(path) as tmp:
@@ -219,7 +227,7 @@ def load_training_state(
     fingerprint: str,
     model: torch.nn.Module,
     optimizer: Optimizer,
-    scheduler: LRScheduler | None,
+    schedule: Stateful,
 ) -> TrainingState | None:
     """Restore a run saved by save_training_state (the file's bytes) into the given objects and
     return where it stopped; None (and nothing restored) when there is no state, it is
@@ -238,6 +246,5 @@ def load_training_state(
     device = next(model.parameters()).device
     model.load_state_dict({k: v.to(device) for k, v in content["model"].items()})
     optimizer.load_state_dict(content["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(content["scheduler"])
-    return TrainingState(content["epoch"], content["history"])
+    schedule.load_state_dict(content["schedule"])
+    return TrainingState(content["epoch"], content["history"], content["kept"])

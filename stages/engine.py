@@ -30,9 +30,10 @@ from tqdm import tqdm
 from stages.cli import StageError
 from stages.data import Images
 from stages.distributed import all_reduce_sum, is_main, rank, shard, unwrap, world_size
-from stages.files import atomic_dir, write_json
+from stages.files import atomic_dir, write_csv, write_json
+from stages.losses import LossFn
 from stages.model import predict_logits
-from stages.optim import LossFn, current_lr
+from stages.optimizers import needs_closure
 from stages.params import Augment
 
 
@@ -116,6 +117,17 @@ class Stats:
     objective: float | None = None
     """What training minimizes (with label smoothing, say); None for validation."""
 
+    def metrics(self, split: str) -> dict[str, float]:
+        """As logged: `{split}/loss`, `{split}/acc` (and `{split}/objective`)."""
+        logged = {f"{split}/loss": self.loss, f"{split}/acc": self.accuracy}
+        if self.objective is not None:
+            logged[f"{split}/objective"] = self.objective
+        return logged
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
 
 def train_epoch(
     model: nn.Module,
@@ -142,22 +154,67 @@ def train_epoch(
         x, y = data.images.index_select(0, idx), data.labels.index_select(0, idx)
         if augmentation is not None:
             x = augment(x, augmentation, generator, len(batch))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-            loss = loss_fn(logits, y) if len(y) else logits.sum()  # a share can be empty
-        optimizer.zero_grad(set_to_none=True)
         # DDP averages gradients over processes: weight each share by its size (in one
         # process the weight is exactly 1.0)
-        (loss * (len(y) * world_size() / len(batch))).backward()
-        optimizer.step()
+        weight = len(y) * world_size() / len(batch)
+        logits, loss = step(model, x, y, loss_fn, optimizer, weight, bf16)
         if after_step is not None:
             after_step()
-        logits = logits.detach().float()
         totals[0] += F.cross_entropy(logits, y, reduction="sum")
-        totals[1] += loss.detach() * len(y)
+        totals[1] += loss * len(y)
         totals[2] += (logits.argmax(1) == y).sum()
     loss_sum, objective_sum, right = (v / len(data) for v in all_reduce_sum(totals).tolist())
     return Stats(loss_sum, right, objective_sum)
+
+
+def step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    weight: float,
+    bf16: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns the logits and loss from before the update."""
+    first: list[tuple[torch.Tensor, torch.Tensor]] = []
+    closing = needs_closure(optimizer)
+    # LBFGS evaluates the closure several times per step: each evaluation must see the same
+    # function, so the dropout masks are redrawn from the same RNG state every time
+    replay_dropout = _rng_replayer(x.device) if closing else None
+
+    def closure() -> torch.Tensor:
+        if replay_dropout is not None:
+            replay_dropout()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+            loss = loss_fn(logits, y) if len(y) else logits.sum()  # a share can be empty
+        optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        if not first:
+            first.append((logits.detach().float(), loss.detach()))
+        # every process must see the same loss, or their line searches would part ways
+        return all_reduce_sum((loss * weight / world_size()).detach()) if closing else loss
+
+    if closing:
+        optimizer.step(closure)
+    else:
+        closure()
+        optimizer.step()
+    return first[0]
+
+
+def _rng_replayer(device: torch.device) -> Callable[[], None]:
+    """A function that puts the RNGs dropout draws from back to where they are now."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def replay() -> None:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+    return replay
 
 
 def evaluate(model: nn.Module, data: Images) -> Stats:
@@ -203,10 +260,14 @@ def fit(
     after_epoch: Callable[[], object] | None = None,
     scored: nn.Module | None = None,
     first_epoch: int = 1,
+    validated: Callable[[int, dict[str, float]], bool] | None = None,
     logged: Callable[[int], object] | None = None,
-) -> None:
+) -> int:
     """Train epochs `first_epoch`..`epochs`, logging the validation score of `scored` (default:
-    `model`) before the first epoch and after each one; `logged(epoch)` runs after each log.
+    `model`) before the first epoch and after each one. After each log, in every process,
+    `validated(epoch, validation metrics)` may ask to stop (early stopping) by returning True;
+    then `logged(epoch)` runs. Returns the last epoch trained.
+
     Each epoch's randomness comes from (`stage`, `seed`, epoch), so starting at `first_epoch`
     continues a run exactly. A non-finite loss stops the run with an error naming `lr_key`."""
     scored = scored or unwrap(model)
@@ -223,8 +284,12 @@ def fit(
         val = evaluate(scored, val_data)
         check_finite(stage, epoch, lr, lr_key, stats, val)
         log.log(epoch, lr, stats, val)
+        stop = validated is not None and validated(epoch, val.metrics("val"))
         if logged is not None:
             logged(epoch)
+        if stop:
+            return epoch
+    return epochs
 
 
 def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -267,10 +332,7 @@ class EpochLog:
         self.live.next_step()
 
     def log(self, epoch: int, lr: float, train: Stats | None, val: Stats) -> None:
-        metrics = {"lr": lr, "val/loss": val.loss, "val/acc": val.accuracy}
-        if train is not None:
-            metrics |= {"train/loss": train.loss, "train/acc": train.accuracy}
-            metrics |= {"train/objective": train.objective}
+        metrics = {"lr": lr} | val.metrics("val") | (train.metrics("train") if train else {})
         self._log_to_live(metrics)
         if self.quiet:
             return
@@ -289,6 +351,16 @@ class EpochLog:
         else:
             self.bar.write(line)
             self.bar.update()
+
+    def summarize(self, **values: float | str) -> None:
+        """Extra keys for the stage's metrics.json (`dvc exp show`, `dvc metrics`)."""
+        if not self.quiet:
+            self.live.summary.update(values)
+
+    def write_table(self, name: str, rows: list[dict[str, object]]) -> None:
+        """A CSV file beside the logged metrics, for a plot that is not one value per epoch."""
+        if not self.quiet and rows:
+            write_csv(Path(self.live.dir) / name, rows)
 
     def resources(self) -> dict[str, float]:
         """Wall-clock time and peak memory, for `dvc exp show`; the one output that differs run

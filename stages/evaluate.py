@@ -1,14 +1,14 @@
 """Stage 5: evaluate the trained and the SWA model on the untouched test set with torchmetrics.
 
-Writes metrics/test.json (loss, accuracy, macro F1 per model) and, under metrics/eval/, the data
+Writes metrics/test.json (per model: cross-entropy as `loss`, whatever the training loss, so
+runs with different losses compare; the training loss's own value as `objective`; accuracy and
+macro F1) and, under metrics/eval/, the data
 of the plots dvc.yaml declares: predictions for the confusion matrices, per-class precision and
 recall, and a grid of misclassified test images per model.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
@@ -24,7 +24,8 @@ from stages.checkpoints import load_model
 from stages.cli import run_stage
 from stages.data import Images, load_split
 from stages.fashion_mnist import CLASSES
-from stages.files import atomic_dir, write_json
+from stages.files import atomic_dir, write_csv, write_json
+from stages.losses import LossFn, build_loss
 from stages.model import predict_logits
 from stages.params import load_params
 from stages.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
@@ -32,10 +33,13 @@ from stages.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
 NUM_CLASSES = len(CLASSES)
 
 
-def summary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def summary_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, objective: LossFn
+) -> dict[str, float]:
     preds = logits.argmax(1)
     return {
         "loss": round(F.cross_entropy(logits, labels).item(), 6),
+        "objective": round(objective(logits, labels).item(), 6),
         "accuracy": round(
             multiclass_accuracy(preds, labels, NUM_CLASSES, average="micro").item(), 6
         ),
@@ -53,14 +57,6 @@ def per_class_rows(preds: torch.Tensor, labels: torch.Tensor) -> list[dict[str, 
         {"class": name, "accuracy": round(r.item(), 6), "precision": round(p.item(), 6)}
         for name, p, r in zip(CLASSES, precision, recall, strict=True)
     ]
-
-
-def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_text(buffer.getvalue())
 
 
 def draw_misclassified(
@@ -89,7 +85,8 @@ def draw_misclassified(
 
 
 def main() -> None:
-    cfg = load_params().evaluate
+    params = load_params()
+    cfg, objective = params.evaluate, build_loss(params.train)
     test = load_split(TEST_DATA)
     results = {}
     with atomic_dir(EVAL_PLOTS) as staging:
@@ -97,7 +94,7 @@ def main() -> None:
             model, _ = load_model(path)
             logits = predict_logits(model, test.images, cfg.batch_size)
             preds = logits.argmax(1)
-            results[name] = summary_metrics(logits, test.labels)
+            results[name] = summary_metrics(logits, test.labels, objective)
             write_csv(
                 staging / f"confusion_{name}.csv",
                 [
@@ -109,9 +106,11 @@ def main() -> None:
             draw_misclassified(
                 staging / f"misclassified_{name}.png", test, preds, cfg.misclassified_grid, name
             )
-            print(
-                f"{name} model: test " + ", ".join(f"{k} {v:.4f}" for k, v in results[name].items())
-            )
+            shown = {"cross-entropy": "loss", params.train.loss: "objective",
+                     "accuracy": "accuracy", "f1_macro": "f1_macro"}  # fmt: skip
+            print(f"{name} model: test " + ", ".join(
+                f"{label} {results[name][key]:.4f}" for label, key in shown.items()
+            ))  # fmt: skip
         write_json(TEST_METRICS, results)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -57,6 +59,15 @@ def write_json(path: Path, data: Any) -> None:
         raise StageError(f"refusing to write {path}: {e}; JSON has no NaN or infinity") from None
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    """Rows with the same keys as a CSV table (for `dvc plots`); into a staging directory."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
 
 
 def copy_file(source: Path, path: Path) -> None:

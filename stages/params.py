@@ -11,68 +11,42 @@ The schema has no defaults: params.yaml holds every value, so there is one place
 from __future__ import annotations
 
 import difflib
-import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PlainValidator,
     ValidationError,
     create_model,
     model_validator,
 )
 
 from stages.cli import StageError
+from stages.early_stopping import EarlyStoppingArgs
 from stages.fashion_mnist import TRAIN_SIZE
+from stages.losses import LOSSES, LossArgs
+from stages.optimizers import OPTIMIZERS, REFUSED_OPTIMIZERS, OptimizerArgs
+from stages.schedulers import SCHEDULERS, Lambda, SchedulerArgs
+from stages.schema import (
+    AutoOrPositive,
+    NonNegativeFloat,
+    PositiveFloat,
+    Seed,
+    Strict,
+    UnitFloat,
+    choice,
+    not_refused,
+)
 
 PARAMS_FILE = Path("params.yaml")
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-UnitFloat = Annotated[float, Field(ge=0, lt=1)]
 Device = Literal["auto", "cpu", "cuda"]
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
-"""NumPy's legacy global seed, which seed_everything sets, takes 32 bits."""
-
-
-def _auto_or_positive(value: Any) -> str | float:
-    if value == "auto":
-        return value
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if is_number and math.isfinite(value) and value > 0:
-        return float(value)
-    raise ValueError("Input should be 'auto' or a finite number greater than 0")
-
-
-AutoOrPositive = Annotated[Literal["auto"] | float, PlainValidator(_auto_or_positive)]
-
-
-def _not_refused(refused: dict[str, str]) -> Callable[[Any], Any]:
-    """A before-validator that names why a real torch option is not offered."""
-
-    def check(value: Any) -> Any:
-        if isinstance(value, str) and value in refused:
-            raise ValueError(refused[value])
-        return value
-
-    return check
-
 
 MAX_WIDTH, MAX_DEPTH = 8192, 8
 """Beyond these the MLP no longer fits a training machine's memory in a useful time."""
-
-
-class Strict(BaseModel):
-    # inf and nan pass `gt=0`-style bounds (a lr of .inf would only show up as a diverged run)
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class Download(Strict):
@@ -107,197 +81,18 @@ class Model(Strict):
     input_dropout: UnitFloat
 
 
-class OptimizerArgs(Strict):
-    """What every optimizer block holds: its own learning rate, because one value does not suit
-    all (AdamW's 0.004 is far too small for SGD or Adadelta). The other fields are the torch
-    optimizer's own keyword arguments, by the same names."""
-
-    lr: PositiveFloat
-
-    momentum_key: ClassVar[str | None] = None
-    """The argument OneCycleLR's momentum cycling would drive: 'momentum', 'betas' or none."""
-
-    def torch_kwargs(self) -> dict[str, Any]:
-        """The block as keyword arguments of the torch class (pairs as tuples)."""
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_dump().items()}
+def _family(name: str, table: dict[str, type[BaseModel]]) -> type[Strict]:
+    """One block per option of a family (`train.optimizers.adamw`, ...), all required, so
+    params.yaml states every option's arguments and `-S train.optimizer=sgd` needs no others."""
+    fields = {
+        key.replace("lambda", "lambda_"): (block, Field(alias=key)) for key, block in table.items()
+    }  # `lambda` is a Python keyword: its field takes another name, the key stays `lambda`
+    return create_model(name, __base__=Strict, **fields)
 
 
-class WithDecay(OptimizerArgs):
-    """weight_decay is each optimizer's own: decoupled for AdamW (and NAdam/RAdam with
-    decoupled_weight_decay), an L2 penalty added to the gradient for the others, where the
-    value AdamW uses (0.05) over-regularizes."""
-
-    weight_decay: NonNegativeFloat
-
-
-Betas = Annotated[list[UnitFloat], Field(min_length=2, max_length=2)]
-
-
-class Sgd(WithDecay):
-    momentum: UnitFloat
-    nesterov: bool
-    momentum_key: ClassVar[str | None] = "momentum"
-
-    @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> Sgd:
-        if self.nesterov and self.momentum == 0:
-            raise ValueError(
-                "nesterov = true needs momentum > 0 (Nesterov momentum is a kind of momentum): "
-                "set momentum, or nesterov: false"
-            )
-        return self
-
-
-class Adam(WithDecay):
-    betas: Betas
-    eps: PositiveFloat
-    momentum_key: ClassVar[str | None] = "betas"
-
-
-class NAdam(Adam):
-    momentum_decay: NonNegativeFloat
-    decoupled_weight_decay: bool
-
-
-class RAdam(Adam):
-    decoupled_weight_decay: bool
-
-
-class RmsProp(WithDecay):
-    alpha: UnitFloat
-    momentum: UnitFloat
-    eps: PositiveFloat
-    momentum_key: ClassVar[str | None] = "momentum"
-
-
-class Adagrad(WithDecay):
-    lr_decay: NonNegativeFloat
-    eps: PositiveFloat
-
-
-class Adadelta(WithDecay):
-    rho: UnitFloat
-    eps: PositiveFloat
-
-
-class Asgd(WithDecay):
-    lambd: NonNegativeFloat
-    alpha: NonNegativeFloat
-    t0: NonNegativeFloat
-
-
-class Rprop(OptimizerArgs):
-    """No weight decay in torch's Rprop, so no key for it."""
-
-    etas: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
-    step_sizes: Annotated[list[PositiveFloat], Field(min_length=2, max_length=2)]
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Rprop:
-        (minus, plus), (low, high) = self.etas, self.step_sizes
-        if not minus < 1 < plus:
-            raise ValueError(f"etas = {self.etas}: need etaminus < 1 < etaplus")
-        if not low < high:
-            raise ValueError(f"step_sizes = {self.step_sizes}: need min < max")
-        return self
-
-
-@dataclass(frozen=True)
-class OptimizerKind:
-    args: type[OptimizerArgs]
-    torch_name: str
-    """The class in torch.optim."""
-    implementation: Literal["fused", "foreach"]
-    """The fastest torch offers on this class: fused kernels are 2-3x faster per step on CPU
-    than the per-tensor loop (bench/epoch_time.py); foreach batches the loop where there are
-    none."""
-
-
-OPTIMIZERS = {
-    "sgd": OptimizerKind(Sgd, "SGD", "fused"),
-    "adam": OptimizerKind(Adam, "Adam", "fused"),
-    "adamw": OptimizerKind(Adam, "AdamW", "fused"),
-    "nadam": OptimizerKind(NAdam, "NAdam", "foreach"),
-    "radam": OptimizerKind(RAdam, "RAdam", "foreach"),
-    "adamax": OptimizerKind(Adam, "Adamax", "foreach"),
-    "rmsprop": OptimizerKind(RmsProp, "RMSprop", "foreach"),
-    "adagrad": OptimizerKind(Adagrad, "Adagrad", "fused"),
-    "adadelta": OptimizerKind(Adadelta, "Adadelta", "foreach"),
-    "asgd": OptimizerKind(Asgd, "ASGD", "foreach"),
-    "rprop": OptimizerKind(Rprop, "Rprop", "foreach"),
-}
-"""Every optimizer `train.optimizer` can name: its argument block and its torch class. Adding
-one is an entry here and its block in params.yaml."""
-
-REFUSED_OPTIMIZERS = {
-    "sparseadam": "SparseAdam accepts only sparse gradients and the MLP's are dense: use adam "
-    "or adamw (the same update on dense gradients)",
-}
-
-OptimizerName = Literal[tuple(OPTIMIZERS)]
-Optimizers = create_model(
-    "Optimizers", __base__=Strict, **{name: (kind.args, ...) for name, kind in OPTIMIZERS.items()}
-)
-
-
-class CrossEntropy(Strict):
-    label_smoothing: UnitFloat
-
-
-class Nll(Strict):
-    pass
-
-
-class Losses(Strict):
-    cross_entropy: CrossEntropy
-    nll: Nll
-
-
-class StepLR(Strict):
-    step_size: Annotated[int, Field(gt=0)]
-    gamma: PositiveFloat
-
-
-class MultiStepLR(Strict):
-    milestones: list[Annotated[int, Field(gt=0)]]
-    gamma: PositiveFloat
-
-
-class ExponentialLR(Strict):
-    gamma: PositiveFloat
-
-
-class CosineLR(Strict):
-    eta_min: Annotated[float, Field(ge=0)]
-
-
-class OneCycleLR(Strict):
-    pct_start: Annotated[float, Field(gt=0, lt=1)]
-    div_factor: PositiveFloat
-    final_div_factor: PositiveFloat
-    anneal_strategy: Literal["cos", "linear"]
-    cycle_momentum: bool
-    """Off: the optimizer keeps the momentum (or beta1) its block sets. On: momentum cycles
-    inversely to the lr between these bounds, and the block's value is not used."""
-    base_momentum: UnitFloat
-    max_momentum: UnitFloat
-
-    @model_validator(mode="after")
-    def _momentum_bounds_ordered(self) -> OneCycleLR:
-        if self.base_momentum > self.max_momentum:
-            raise ValueError(
-                f"base_momentum = {self.base_momentum} must not exceed max_momentum = "
-                f"{self.max_momentum}"
-            )
-        return self
-
-
-class Schedulers(Strict):
-    step: StepLR
-    multistep: MultiStepLR
-    exponential: ExponentialLR
-    cosine: CosineLR
-    onecycle: OneCycleLR
+Optimizers = _family("Optimizers", {name: kind.args for name, kind in OPTIMIZERS.items()})
+Losses = _family("Losses", LOSSES)
+Schedulers = _family("Schedulers", SCHEDULERS)
 
 
 class Augment(Strict):
@@ -318,12 +113,19 @@ class Train(Strict):
     """'auto': the chosen optimizer's own lr (train.optimizers.<name>.lr); a number overrides
     it, whatever the optimizer."""
     augment: Augment
-    optimizer: Annotated[OptimizerName, BeforeValidator(_not_refused(REFUSED_OPTIMIZERS))]
+    optimizer: Annotated[choice(OPTIMIZERS), BeforeValidator(not_refused(REFUSED_OPTIMIZERS))]
     optimizers: Optimizers
-    loss: Literal["cross_entropy", "nll"]
+    loss: choice(LOSSES)
     losses: Losses
-    scheduler: Literal["none", "step", "multistep", "exponential", "cosine", "onecycle"]
+    scheduler: Literal[("none", *SCHEDULERS)]
     schedulers: Schedulers
+    warmup_epochs: Annotated[int, Field(ge=0)]
+    """Epochs of linear warm-up before the scheduler, per batch from warmup_start_factor x lr."""
+    warmup_start_factor: Annotated[float, Field(gt=0, le=1)]
+    early_stopping: EarlyStoppingArgs | None
+    keep: Literal["last", "best"]
+    """Which epoch's weights the stage writes: the last one trained, or the best on
+    early_stopping's metric."""
 
     @property
     def bf16(self) -> bool:
@@ -334,24 +136,67 @@ class Train(Strict):
         return getattr(self.optimizers, self.optimizer)
 
     @property
+    def loss_args(self) -> LossArgs:
+        return getattr(self.losses, self.loss)
+
+    @property
+    def scheduler_args(self) -> SchedulerArgs | None:
+        if self.scheduler == "none":
+            return None
+        return getattr(self.schedulers, self.scheduler.replace("lambda", "lambda_"))
+
+    @property
     def learning_rate(self) -> float:
         return self.optimizer_args.lr if self.lr == "auto" else self.lr
 
     @property
     def cycles_momentum(self) -> bool:
-        return self.scheduler == "onecycle" and self.schedulers.onecycle.cycle_momentum
+        return self.scheduler_args is not None and self.scheduler_args.cycles_momentum
 
     @model_validator(mode="after")
     def _momentum_cycling_needs_momentum(self) -> Train:
         if self.cycles_momentum and self.optimizer_args.momentum_key is None:
-            with_momentum = [
-                name for name in Optimizers.model_fields
-                if getattr(self.optimizers, name).momentum_key is not None
-            ]  # fmt: skip
+            with_momentum = [n for n, k in OPTIMIZERS.items() if k.args.momentum_key is not None]
             raise ValueError(
-                f"train.schedulers.onecycle.cycle_momentum = true cycles the optimizer's "
+                f"train.schedulers.{self.scheduler}.cycle_momentum = true cycles the optimizer's "
                 f"momentum, but train.optimizer = '{self.optimizer}' has none: set "
                 f"cycle_momentum: false, or use one of {', '.join(with_momentum)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> Train:
+        if self.warmup_epochs == 0:
+            return self
+        if self.scheduler_args is not None and self.scheduler_args.ramps_up:
+            raise ValueError(
+                f"train.warmup_epochs = {self.warmup_epochs}: train.scheduler = "
+                f"'{self.scheduler}' already starts low and rises: set warmup_epochs: 0, or "
+                "choose a scheduler that starts at the lr (cosine, step, ...)"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs = {self.warmup_epochs} leaves none of the "
+                f"{self.epochs} epochs (train.epochs) to train after it: make it smaller"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _formula_defined_for_every_epoch(self) -> Train:
+        if isinstance(self.scheduler_args, Lambda):
+            try:
+                self.scheduler_args.check_values(self.epochs - self.warmup_epochs)
+            except ValueError as e:
+                raise ValueError(f"train.schedulers.lambda.formula: {e}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _best_needs_a_metric(self) -> Train:
+        if self.keep == "best" and self.early_stopping is None:
+            raise ValueError(
+                "train.keep = 'best' needs a metric to rank epochs by: set "
+                "train.early_stopping (its metric and mode; a patience of train.epochs never "
+                "stops early), or keep: last"
             )
         return self
 
@@ -360,18 +205,24 @@ class Train(Strict):
         stage prints them, so no value is ignored silently."""
         notes = []
         if self.cycles_momentum:
-            cycle = self.schedulers.onecycle
+            cycle = self.scheduler_args
             key = self.optimizer_args.momentum_key
             shown = "betas[0]" if key == "betas" else key
             notes.append(
                 f"train.optimizers.{self.optimizer}.{shown} is not used by train (swa uses it): "
-                f"train.schedulers.onecycle.cycle_momentum cycles it between "
+                f"train.schedulers.{self.scheduler}.cycle_momentum cycles it between "
                 f"{cycle.base_momentum} and {cycle.max_momentum}"
             )
         if self.lr != "auto":
             notes.append(
                 f"train.optimizers.{self.optimizer}.lr is not used: train.lr = {self.lr} "
                 "overrides it"
+            )
+        shaped = self.scheduler != "none" or self.warmup_epochs > 0
+        if shaped and not self.optimizer_args.schedulable:
+            notes.append(
+                f"train.scheduler = '{self.scheduler}' (and any warm-up) does not shape "
+                f"{self.optimizer}'s steps: torch reads its lr once, as the first step size"
             )
         return notes
 
@@ -487,10 +338,21 @@ def _value_at(raw: Any, loc: tuple) -> Any:
 
 
 def _fields_at(loc: tuple) -> set[str]:
+    """The keys allowed in the section at `loc` (as params.yaml spells them)."""
     model: type[BaseModel] = Params
     for part in loc:
-        annotation = model.model_fields[str(part)].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        field = _keys(model).get(str(part))
+        if field is None:
             return set()
-        model = annotation
-    return set(model.model_fields)
+        sections = [
+            a for a in (field.annotation, *get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]  # fmt: skip
+        if not sections:
+            return set()
+        model = sections[0]
+    return set(_keys(model))
+
+
+def _keys(model: type[BaseModel]) -> dict[str, Any]:
+    return {field.alias or name: field for name, field in model.model_fields.items()}

@@ -20,7 +20,8 @@ from stages.data import Images, load_split
 from stages.distributed import is_main, run_data_parallel, wrap
 from stages.engine import EpochLog, batches, epoch_log, fit, seed_everything
 from stages.files import copy_file
-from stages.optim import build_loss, build_optimizer
+from stages.losses import build_loss
+from stages.optimizers import build_optimizer
 from stages.params import Params, Swa, Train
 from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 

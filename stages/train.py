@@ -37,11 +37,13 @@ from stages.distributed import (
     world_size,
     wrap,
 )
-from stages.engine import epoch_log, fit, seed_everything, steps_per_epoch
+from stages.early_stopping import Watcher
+from stages.engine import EpochLog, current_lr, epoch_log, fit, seed_everything, steps_per_epoch
 from stages.files import sha256_file
+from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr, stepper
-from stages.params import Params
+from stages.optimizers import build_optimizer
+from stages.params import Params, Train
 from stages.paths import (
     SPLIT_MANIFEST,
     TRAIN_DATA,
@@ -51,6 +53,7 @@ from stages.paths import (
     TRAIN_RESUME,
     VAL_DATA,
 )
+from stages.schedulers import Schedule, build_schedule
 
 
 def main() -> None:
@@ -64,52 +67,95 @@ def train(params: Params, device: torch.device) -> None:
 
     config = MLPConfig.from_params(params.model, *read_pixel_statistics(SPLIT_MANIFEST))
     model = MLP(config).to(device)
-    loss_fn = build_loss(cfg)
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
-    steps = steps_per_epoch(len(train_data), cfg.batch_size)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, steps)
-    step = stepper(scheduler, cfg.epochs * steps if per_batch else cfg.epochs)
+    schedule = build_schedule(optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size))
+    watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
 
     # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
     # same epoch, or all stop (a rank whose params, data or code differ finds no match)
     fingerprint = run_fingerprint(params)
     state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
-    resumed = load_training_state(state, fingerprint, model, optimizer, scheduler)
+    resumed = load_training_state(state, fingerprint, model, optimizer, schedule)
     require_same(int(fingerprint[:15], 16), "params, data and code (their fingerprint)", device)
     require_same(resumed.epoch if resumed else 0, "the epoch training resumes after", device)
+    kept = resumed.kept if resumed else None
+    done = resumed.epoch if resumed else 0
+    if watcher is not None and resumed is not None:
+        for epoch, metrics in enumerate(resumed.history[1:], start=1):
+            watcher.improved(epoch, metrics)
+        if watcher.should_stop:  # the killed run had stopped early: train no further
+            done = cfg.epochs
 
     if is_main():
-        processes = f" in {world_size()} processes" if world_size() > 1 else ""
-        print(f"train: {len(train_data)} images, {cfg.epochs} epochs on {device}{processes}, "
-              f"{cfg.optimizer} (lr {cfg.learning_rate:g}), {cfg.scheduler}")  # fmt: skip
-        for note in cfg.unused_params():
-            print(f"train: note: {note}")
+        announce(cfg, len(train_data), device)
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
 
+        def validated(epoch: int, metrics: dict[str, float]) -> bool:
+            nonlocal kept
+            schedule.after_epoch(metrics)
+            if watcher is None:
+                return False
+            if watcher.improved(epoch, metrics) and cfg.keep == "best":
+                kept = {"weights": clone_weights(model), "lr": schedule.trace[-1]}
+            return watcher.should_stop
+
         def save_state(epoch: int) -> None:
-            state = TrainingState(epoch, log.history)
-            save_training_state(TRAIN_RESUME, fingerprint, state, model, optimizer, scheduler)
+            state = TrainingState(epoch, log.history, kept)
+            save_training_state(TRAIN_RESUME, fingerprint, state, model, optimizer, schedule)
 
         if resumed is not None:
             if is_main():
                 print(f"train: resuming after epoch {resumed.epoch} from {TRAIN_RESUME}")
             log.replay(resumed.history)
-        fit(
-            wrap(model, device), train_data, val_data, loss_fn, optimizer, log,
+        last = fit(
+            wrap(model, device), train_data, val_data, build_loss(cfg), optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, stage="train",
             lr_key=f"train.lr, or train.optimizers.{cfg.optimizer}.lr", augmentation=cfg.augment,
-            bf16=cfg.bf16,
-            after_step=step if per_batch else None, after_epoch=None if per_batch else step,
-            first_epoch=resumed.epoch + 1 if resumed else 1,
-            logged=save_state if is_main() else None,
+            bf16=cfg.bf16, after_step=schedule.after_batch, first_epoch=done + 1,
+            validated=validated, logged=save_state if is_main() else None,
         )  # fmt: skip
+        record_the_run(log, schedule, watcher, min(last, len(log.history) - 1))
     if not is_main():
         return
-    save_model(model, TRAIN_MODEL, {"final_lr": current_lr(optimizer)})
+    final_lr = current_lr(optimizer)
+    if kept is not None:
+        model.load_state_dict(kept["weights"])
+        final_lr = kept["lr"]
+    save_model(model, TRAIN_MODEL, {"final_lr": final_lr})
     TRAIN_RESUME.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
         TRAIN_RESUME.parent.rmdir()
-    print(f"wrote {TRAIN_MODEL}")
+    print(f"wrote {TRAIN_MODEL}" + (f" (epoch {watcher.best_epoch}, the best)" if kept else ""))
+
+
+def announce(cfg: Train, images: int, device: torch.device) -> None:
+    processes = f" in {world_size()} processes" if world_size() > 1 else ""
+    warmup = f" after {cfg.warmup_epochs} warm-up epochs" if cfg.warmup_epochs else ""
+    print(f"train: {images} images, {cfg.epochs} epochs on {device}{processes}, "
+          f"{cfg.optimizer} (lr {cfg.learning_rate:g}), {cfg.loss}, {cfg.scheduler}{warmup}")  # fmt: skip
+    for note in cfg.unused_params():
+        print(f"train: note: {note}")
+
+
+def clone_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def record_the_run(log: EpochLog, schedule: Schedule, watcher: Watcher | None, last: int) -> None:
+    """Into metrics/train: the epoch training stopped at and the best one (metrics.json, and a
+    table the loss plot draws as markers), and the lr of every batch."""
+    log.summarize(stopped_epoch=last)
+    markers = [{"step": last, "loss": log.history[last]["val/loss"], "event": "stopped"}]
+    if watcher is not None:
+        log.summarize(best_epoch=watcher.best_epoch)
+        best = watcher.best_epoch
+        markers.insert(0, {"step": best, "loss": log.history[best]["val/loss"], "event": "best"})
+    log.write_table("stop.csv", markers)
+    per_batch = len(schedule.trace) / max(1, last)
+    log.write_table(
+        "lr_per_batch.csv",
+        [{"epoch": round(i / per_batch, 4), "lr": lr} for i, lr in enumerate(schedule.trace)],
+    )
 
 
 def run_fingerprint(params: Params) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import os
@@ -110,3 +111,26 @@ def run_in_process(work: Workdir, stage: str) -> None:
         importlib.import_module(f"stages.{stage}").main()
     finally:
         os.chdir(previous)
+
+
+@pytest.fixture()
+def raw_params() -> dict:
+    """The project's params.yaml as plain data, to change before validating."""
+    return yaml.safe_load((ROOT / PARAMS_FILE).read_text())
+
+
+def error_of_params(raw: dict, changes: dict[str, object]) -> str:
+    """The StageError message that validating `raw` with `changes` (dotted keys) gives."""
+    from stages.cli import StageError
+    from stages.params import parse_params
+
+    raw = copy.deepcopy(raw)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    with pytest.raises(StageError) as e:
+        parse_params(raw)
+    return str(e.value)

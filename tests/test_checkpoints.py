@@ -25,12 +25,15 @@ from stages.checkpoints import (
 )
 from stages.cli import StageError
 from stages.data import Images
-from stages.engine import seed_epoch, steps_per_epoch, train_epoch
+from stages.engine import current_lr, seed_epoch, steps_per_epoch, train_epoch
+from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer, build_scheduler, current_lr
-from stages.params import MAX_DEPTH, MAX_WIDTH, OPTIMIZERS, MultiStepLR, Params, StepLR, Train
+from stages.optimizers import OPTIMIZERS, build_optimizer
+from stages.params import MAX_DEPTH, MAX_WIDTH, Params, Train
+from stages.schedulers import SCHEDULERS, build_schedule
 
 from .conftest import ROOT
+from .toolbox import train_config
 
 
 def sha(path: Path) -> str:
@@ -105,45 +108,43 @@ def test_missing_file_names_the_stage_to_run(tmp_path: Path) -> None:
         load_model(tmp_path / "none.safetensors")
 
 
-SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle"]
 EPOCHS = 4
+PAIRS = sorted(
+    {(o, s) for o in OPTIMIZERS for s in ("none", "multistep", "onecycle", "plateau")}
+    | {(o, s) for o in ("sgd", "adamw") for s in ("none", *SCHEDULERS)}
+)
 
 
-def resume_config(params: Params, optimizer: str, scheduler: str) -> Train:
+def resume_config(params: Params, optimizer: str, scheduler: str, **changes: object) -> Train:
     """A schedule that changes the lr after the epoch the state is saved at (epoch 1)."""
-    schedulers = params.train.schedulers.model_copy(
-        update={
-            "step": StepLR(step_size=2, gamma=0.5),
-            "multistep": MultiStepLR(milestones=[2, 3], gamma=0.5),
-        }
-    )
-    return params.train.model_copy(
-        update={"optimizer": optimizer, "scheduler": scheduler, "epochs": EPOCHS,
-                "schedulers": schedulers}
+    return train_config(
+        params, optimizer=optimizer, scheduler=scheduler, epochs=EPOCHS, **{
+            "schedulers.step.step_size": 2, "schedulers.multistep.milestones": [2, 3],
+            "schedulers.plateau.patience": 0, "schedulers.cosine_warm_restarts.T_0": 1,
+            "schedulers.cyclic.step_size_up": 0.7,
+        } | changes,
     )  # fmt: skip
 
 
 def training_run(cfg: Train, data: Images, seed: int):
-    """A model with dropout, its optimizer and scheduler, initialised from `seed`."""
+    """A model with dropout, its optimizer and schedule, initialised from `seed`."""
     torch.manual_seed(seed)
     model = MLP(MLPConfig(hidden=(32,), dropout=0.3))
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
-    scheduler, per_batch = build_scheduler(optimizer, cfg, steps_per_epoch(len(data), 64))
-    return model, optimizer, scheduler, per_batch
+    schedule = build_schedule(optimizer, cfg, steps_per_epoch(len(data), 64))
+    return model, optimizer, schedule
 
 
 def run_epochs(cfg: Train, data: Images, run, epochs: range) -> None:
-    model, optimizer, scheduler, per_batch = run
-    step = scheduler.step if scheduler is not None else lambda: None
+    model, optimizer, schedule = run
     for epoch in epochs:
-        train_epoch(model, data, build_loss(cfg), optimizer, 64, seed_epoch(0, epoch),
-                    after_step=step if per_batch else None)  # fmt: skip
-        if not per_batch:
-            step()
+        stats = train_epoch(model, data, build_loss(cfg), optimizer, 64, seed_epoch(0, epoch),
+                            after_step=schedule.after_batch)  # fmt: skip
+        # a made-up validation curve that plateaus, so plateau's state matters after the save
+        schedule.after_epoch({"val/loss": 1.0 + (epoch == 1), "val/acc": 0.0} | {"x": stats.loss})
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
-@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+@pytest.mark.parametrize(("optimizer", "scheduler"), PAIRS)
 def test_training_state_resumes_bit_for_bit(
     tmp_path: Path, params: Params, small_data, optimizer: str, scheduler: str
 ) -> None:
@@ -154,19 +155,40 @@ def test_training_state_resumes_bit_for_bit(
 
     first = training_run(cfg, data, seed=0)
     run_epochs(cfg, data, first, range(1, 2))
-    state = TrainingState(1, [{"val/acc": 0.5}])
-    save_training_state(tmp_path / "s.safetensors", "fp", state, *first[:3])
+    state = TrainingState(1, [{"val/acc": 0.5}], {"weights": {"w": torch.ones(2)}, "lr": 0.1})
+    save_training_state(tmp_path / "s.safetensors", "fp", state, *first)
     torch.rand(100)  # whatever happens between the kill and the rerun
 
     resumed = training_run(cfg, data, seed=123)  # different init: everything must be restored
     saved = read_training_state(tmp_path / "s.safetensors")
-    assert load_training_state(saved, "fp", *resumed[:3]) == state
+    loaded = load_training_state(saved, "fp", *resumed)
+    assert (loaded.epoch, loaded.history, loaded.kept["lr"]) == (1, state.history, 0.1)
+    assert torch.equal(loaded.kept["weights"]["w"], torch.ones(2))
     run_epochs(cfg, data, resumed, range(2, EPOCHS + 1))
     for a, b in zip(
         straight[0].state_dict().values(), resumed[0].state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
     assert current_lr(straight[1]) == current_lr(resumed[1])
+    assert straight[2].trace == resumed[2].trace
+
+
+def test_warm_up_resumes_bit_for_bit(tmp_path: Path, params: Params, small_data) -> None:
+    data = Images(small_data[0].images[:256], small_data[0].labels[:256])
+    cfg = resume_config(params, "adamw", "cosine", warmup_epochs=2)
+    straight = training_run(cfg, data, seed=0)
+    run_epochs(cfg, data, straight, range(1, EPOCHS + 1))
+    first = training_run(cfg, data, seed=0)
+    run_epochs(cfg, data, first, range(1, 2))
+    save_training_state(tmp_path / "s.safetensors", "fp", TrainingState(1, []), *first)
+    resumed = training_run(cfg, data, seed=1)
+    load_training_state(read_training_state(tmp_path / "s.safetensors"), "fp", *resumed)
+    run_epochs(cfg, data, resumed, range(2, EPOCHS + 1))
+    assert straight[2].trace == resumed[2].trace
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(straight[0].parameters(), resumed[0].parameters(), strict=True)
+    )
 
 
 def test_state_encoding_keeps_every_type() -> None:

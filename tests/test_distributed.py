@@ -27,8 +27,8 @@ from stages.data import Images
 from stages.distributed import is_main, process_group, wrap
 from stages.engine import Stats, train_epoch
 from stages.files import PARTIAL_SUFFIX
+from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss
 from stages.params import PARAMS_FILE, Augment, Params, load_params
 from stages.paths import SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
 

@@ -15,8 +15,9 @@ from stages.engine import (
     seed_everything,
     train_epoch,
 )
+from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optim import build_loss, build_optimizer
+from stages.optimizers import build_optimizer
 from stages.params import Augment, Params
 
 

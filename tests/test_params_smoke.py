@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from stages.cli import StageError
-from stages.params import OPTIMIZERS, parse_params
+from stages.losses import LOSSES
+from stages.optimizers import OPTIMIZERS
+from stages.params import parse_params
+from stages.schedulers import SCHEDULERS
 
 from .conftest import ROOT, Workdir, run_in_process
 
@@ -55,11 +58,26 @@ KEYS: dict[str, st.SearchStrategy] = {
         }
     ),
     "train.optimizers.adagrad.lr_decay": st.floats(0, 1),
-    "train.loss": st.sampled_from(["cross_entropy", "nll"]),
+    "train.loss": st.sampled_from(sorted(LOSSES)),
     "train.losses.cross_entropy.label_smoothing": unit,
-    "train.scheduler": st.sampled_from(
-        ["none", "step", "multistep", "exponential", "cosine", "onecycle"]
+    "train.scheduler": st.sampled_from(["none", *sorted(SCHEDULERS)]),
+    "train.warmup_epochs": st.integers(0, 1),
+    "train.schedulers.plateau.patience": st.integers(0, 2),
+    "train.schedulers.cyclic": st.fixed_dictionaries(
+        {
+            "div_factor": st.floats(1.01, 1e4),
+            "step_size_up": st.floats(0.01, 3),
+            "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]),
+            "gamma": st.floats(0.5, 1),
+            "cycle_momentum": st.booleans(),
+            "base_momentum": unit,
+            "max_momentum": unit,
+        }
     ),
+    "train.early_stopping": st.sampled_from(
+        [None, {"metric": "val/acc", "mode": "max", "patience": 1, "min_delta": 0.0}]
+    ),
+    "train.keep": st.sampled_from(["last", "best"]),
     "train.schedulers.step": st.fixed_dictionaries(
         {"step_size": st.integers(1, 3), "gamma": st.floats(1e-3, 2.0)}
     ),
@@ -116,6 +134,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
 @example(changes={"train.optimizer": "adagrad", "train.scheduler": "onecycle"})  # a bug once
 @example(changes={"train.batch_size": 60, "train.epochs": 1})  # 4 steps: a 1-step warm-up
 @example(changes={"evaluate.misclassified_grid": 20, "evaluate.batch_size": 1})
+@example(changes={"train.optimizer": "lbfgs", "train.loss": "bce", "train.scheduler": "plateau"})
 @given(changes=st.lists(CHANGE, min_size=1, max_size=5).map(dict))
 def test_params_the_schema_accepts_run_every_stage(work: Workdir, changes: dict) -> None:
     raw = yaml.safe_load(yaml.safe_dump(PROJECT))

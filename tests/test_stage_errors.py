@@ -61,7 +61,7 @@ def work(tmp_path: Path) -> Workdir:
         ("split.val_size", 60_000, ["split.val_size"]),
         ("train.optimizer", "adamx", ["train.optimizer", "'adamw'"]),
         ("train.scheduler", "cosin", ["train.scheduler", "'cosine'"]),
-        ("train.loss", "mse", ["train.loss", "'cross_entropy'"]),
+        ("train.loss", "hinge", ["train.loss", "'cross_entropy'"]),
         ("train.schedulers.step.T_max", 5, ["train.schedulers.step.T_max", "unknown key"]),
         ("model.dropout", 1.5, ["model.dropout"]),
     ],

@@ -12,7 +12,12 @@ from .conftest import Project
 
 pytestmark = pytest.mark.e2e
 
-METRIC_FILES = {"metrics/test.json", "metrics/resources/train.json", "metrics/resources/swa.json"}
+METRIC_FILES = {
+    "metrics/test.json",
+    "metrics/train/metrics.json",
+    "metrics/resources/train.json",
+    "metrics/resources/swa.json",
+}
 
 
 def experiments(project: Project) -> dict[str, dict]:
@@ -70,6 +75,50 @@ def test_exp_diff_and_plots_diff_compare_with_the_baseline(
     reproduced.run("dvc", "plots", "diff", "HEAD", sgd_experiment, "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
     assert sgd_experiment in html and "Confusion matrix (test, SWA model)" in html
+
+
+def test_the_lessons_lbfgs_and_lambda_schedule_run_as_an_experiment(reproduced: Project) -> None:
+    """LBFGS with a LambdaLR formula and early stopping that keeps the best epoch, all by -S."""
+    early = "{metric: val/acc, mode: max, patience: 1, min_delta: 0.5}"  # stops after epoch 2
+    result = reproduced.run(
+        "dvc", "exp", "run", "-n", "lbfgs-lambda",
+        "-S", "train.optimizer=lbfgs", "-S", "train.scheduler=lambda",
+        "-S", "train.schedulers.lambda.formula=0.5 ** epoch", "-S", "train.epochs=3",
+        "-S", f"train.early_stopping={early}", "-S", "train.keep=best",
+    )  # fmt: skip
+    lr_lines = [line for line in result.stdout.splitlines() if line.startswith("train epoch")]
+    try:
+        exp = experiments(reproduced)["lbfgs-lambda"]
+        lrs = reproduced.read("metrics/train/lr_per_batch.csv").splitlines()[1:]
+    finally:
+        restore_workspace(reproduced)
+    assert exp["params"]["train"]["optimizer"] == "lbfgs"
+    assert exp["metrics"]["metrics/test.json"]["train"]["accuracy"] > 0.5  # chance is 0.1
+    summary = exp["metrics"]["metrics/train/metrics.json"]
+    assert (summary["stopped_epoch"], summary["best_epoch"]) == (2, 1)
+    assert len(lr_lines) == 3  # epochs 0, 1 and 2: stopped before the third
+    steps = len(lrs) // 2  # batches per epoch: the lr halves from epoch to epoch
+    assert float(lrs[steps].split(",")[1]) == float(lrs[0].split(",")[1]) / 2
+
+
+def test_a_bad_formula_fails_before_any_stage_does_work(reproduced: Project) -> None:
+    reproduced.set_params(
+        {
+            "train": {
+                "scheduler": "lambda",
+                "schedulers": {"lambda": {"formula": "__import__('os')"}},
+            }
+        }
+    )
+    try:
+        result = reproduced.run("dvc", "repro", check=False)
+    finally:
+        reproduced.run("git", "checkout", "-q", "params.yaml")
+        reproduced.run("dvc", "checkout", "-q")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train.schedulers.lambda.formula" in output and "calls '__import__'" in output
+    assert "train epoch" not in output and "Traceback" not in output
 
 
 @pytest.mark.slow

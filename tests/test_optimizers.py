@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.engine import step
+from stages.losses import build_loss
+from stages.model import MLP, MLPConfig
+from stages.optimizers import OPTIMIZERS, build_optimizer
+from stages.params import Params
+from stages.schedulers import build_schedule
+
+from .toolbox import losses_while_training, train_config
+
+
+def built(params: Params, name: str, **changes: object) -> torch.optim.Optimizer:
+    cfg = train_config(params, optimizer=name, **changes)
+    return build_optimizer(MLP(MLPConfig(hidden=(4,))).parameters(), cfg, cfg.learning_rate)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_each_optimizer_gets_its_own_arguments(params: Params, name: str) -> None:
+    opt = built(params, name)
+    assert type(opt).__name__ == OPTIMIZERS[name].torch_name
+    block = getattr(params.train.optimizers, name)
+    for key, value in block.torch_kwargs().items():  # lr and weight decay included
+        assert opt.param_groups[0][key] == value, key
+    implementation = OPTIMIZERS[name].implementation
+    if implementation is not None:
+        assert opt.defaults[implementation] is True
+    override = train_config(params, optimizer=name, lr=0.123)
+    assert override.learning_rate == 0.123
+    assert f"train.optimizers.{name}.lr is not used" in " ".join(override.unused_params())
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_lowers_the_loss_on_real_images(
+    params: Params, small_data, name: str
+) -> None:
+    """Switching the name alone gives an optimizer that learns: its own lr from its block, under
+    the project's schedule (one-cycle, whose warm-up large lrs such as asgd's rely on)."""
+    cfg = train_config(params, optimizer=name, epochs=10)
+    losses = losses_while_training(cfg, small_data[0], epochs=10)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", [n for n, k in OPTIMIZERS.items() if k.args.momentum_key])
+def test_onecycle_keeps_the_momentum_params_yaml_sets(params: Params, name: str) -> None:
+    cfg = train_config(params, optimizer=name, scheduler="onecycle")
+    key = cfg.optimizer_args.momentum_key
+    opt = built(params, name, scheduler="onecycle")
+    build_schedule(opt, cfg, steps_per_epoch=10)
+    expected = getattr(cfg.optimizer_args, key)
+    assert opt.param_groups[0][key] == (tuple(expected) if key == "betas" else expected)
+
+
+def test_momentum_cycling_when_asked_drives_beta1_and_says_so(params: Params) -> None:
+    changes = {"scheduler": "onecycle", "schedulers.onecycle.cycle_momentum": True}
+    cfg = train_config(params, optimizer="adamw", **changes)
+    opt = built(params, "adamw", **changes)
+    build_schedule(opt, cfg, steps_per_epoch=10)
+    assert opt.param_groups[0]["betas"][0] == cfg.schedulers.onecycle.max_momentum
+    (note,) = cfg.unused_params()
+    assert "train.optimizers.adamw.betas[0] is not used" in note
+
+
+def test_rprop_says_that_schedulers_do_not_shape_it(params: Params) -> None:
+    notes = train_config(params, optimizer="rprop", scheduler="cosine").unused_params()
+    assert any("does not shape rprop's steps" in n for n in notes)
+    assert train_config(params, optimizer="rprop", scheduler="none").unused_params() == []
+
+
+def test_lbfgs_evaluates_the_batch_several_times_per_step_with_the_same_dropout(
+    params: Params, small_data
+) -> None:
+    """The closure's function must not change between evaluations within a step, or the line
+    search compares losses of different networks: dropout masks are drawn from one RNG state."""
+    cfg = train_config(params, optimizer="lbfgs")
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(32,), dropout=0.5))
+    opt = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
+    states: list[torch.Tensor] = []
+    dropout = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    dropout.register_forward_pre_hook(lambda module, inputs: states.append(torch.get_rng_state()))
+    x, y = small_data[0].images[:64], small_data[0].labels[:64]
+    step(model, x, y, build_loss(cfg), opt, 1.0, bf16=False)
+    assert len(states) > 1  # several evaluations in one step
+    assert all(torch.equal(states[0], s) for s in states[1:])
