@@ -11,6 +11,7 @@ The schema has no defaults: params.yaml holds every value, so there is one place
 from __future__ import annotations
 
 import difflib
+import keyword
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -84,10 +85,14 @@ class Model(Strict):
 def _family(name: str, table: dict[str, type[BaseModel]]) -> type[Strict]:
     """One block per option of a family (`train.optimizers.adamw`, ...), all required, so
     params.yaml states every option's arguments and `-S train.optimizer=sgd` needs no others."""
-    fields = {
-        key.replace("lambda", "lambda_"): (block, Field(alias=key)) for key, block in table.items()
-    }  # `lambda` is a Python keyword: its field takes another name, the key stays `lambda`
+    fields = {field_name(key): (block, Field(alias=key)) for key, block in table.items()}
     return create_model(name, __base__=Strict, **fields)
+
+
+def field_name(key: str) -> str:
+    """The attribute a params key is read by: `lambda` is a Python keyword, so its field is
+    `lambda_` (params.yaml and -S still say `lambda`)."""
+    return f"{key}_" if keyword.iskeyword(key) else key
 
 
 Optimizers = _family("Optimizers", {name: kind.args for name, kind in OPTIMIZERS.items()})
@@ -126,6 +131,8 @@ class Train(Strict):
     keep: Literal["last", "best"]
     """Which epoch's weights the stage writes: the last one trained, or the best on
     early_stopping's metric."""
+    init: Annotated[str, Field(pattern=r"^[\w.][\w./-]*$", max_length=255)] | None
+    """Warm start: a git tag or commit whose exported model training starts from."""
 
     @property
     def bf16(self) -> bool:
@@ -143,7 +150,7 @@ class Train(Strict):
     def scheduler_args(self) -> SchedulerArgs | None:
         if self.scheduler == "none":
             return None
-        return getattr(self.schedulers, self.scheduler.replace("lambda", "lambda_"))
+        return getattr(self.schedulers, field_name(self.scheduler))
 
     @property
     def learning_rate(self) -> float:

@@ -10,8 +10,12 @@ and parsed as safetensors: nothing is unpickled, whatever the revision holds.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import tempfile
 from pathlib import Path
+
+import torch
 
 from stages.checkpoints import load_model as load_model_file
 from stages.cli import StageError
@@ -40,9 +44,70 @@ def read_model_bytes(
 
 def load_model(rev: str | None = None, repo: str | None = None) -> MLP:
     """The exported model of `rev` in `repo` (default: this repository's workspace), in eval mode."""
-    data = read_model_bytes(rev, repo)
+    return model_from_bytes(read_model_bytes(rev, repo), f"{EXPORT_WEIGHTS} at {rev}")
+
+
+def model_from_bytes(data: bytes, name: str) -> MLP:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / EXPORT_WEIGHTS.name
         path.write_bytes(data)
-        model, _ = load_model_file(path)
+        model, _ = load_model_file(path, name=name)
     return model
+
+
+def _git(*args: str) -> str | None:
+    result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def fixed_commit(rev: str, key: str) -> str:
+    """The commit a tag or a commit hash names. A branch, HEAD or any other moving name is
+    refused: the pipeline could not tell when what it names changed, and so when to rerun."""
+    commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if commit is None:
+        raise StageError(
+            f"{key} = '{rev}' is not a tag or commit of this repository (git tag lists the tags)"
+        )
+    is_tag = _git("show-ref", "--verify", "--quiet", f"refs/tags/{rev}") is not None
+    is_hash = re.fullmatch(r"[0-9a-f]{7,40}", rev) is not None and commit.startswith(rev)
+    if not (is_tag or is_hash):
+        raise StageError(
+            f"{key} = '{rev}' is a moving name (a branch, HEAD, ...): the pipeline could not "
+            f"tell when it changes and so when to rerun. Name a tag, or its commit: {commit}"
+        )
+    return commit
+
+
+def warm_start(model: MLP, rev: str, key: str = "train.init") -> str:
+    """Load the exported weights of tag or commit `rev` into `model`; returns the commit. A
+    model of another architecture is refused with both shapes."""
+    commit = fixed_commit(rev, key)
+    source = model_from_bytes(read_model_bytes(commit), f"{EXPORT_WEIGHTS} at {rev}")
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+    if ours != theirs:
+        raise StageError(
+            f"{key} = '{rev}': its model is {_layers(source)}, but params.yaml's model is "
+            f"{_layers(model)} (model.hidden): set model.hidden to match, or start from "
+            "another version"
+        )
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(source.state_dict()[name])
+        _renormalize_first_layer(model, source.config.pixel_mean, source.config.pixel_std)
+    return commit
+
+
+def _renormalize_first_layer(model: MLP, mean: float, std: float) -> None:
+    """The source was trained on inputs normalized with its own pixel statistics; fold the
+    change to `model`'s into the first layer, so the warm-started network computes exactly
+    the function the source did: W(x - m)/s = (W s'/s)(x - m')/s' + W(m' - m)/s."""
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    new_mean, new_std = model.config.pixel_mean, model.config.pixel_std
+    first.bias += first.weight.sum(1) * (new_mean - mean) / std
+    first.weight *= new_std / std
+
+
+def _layers(model: MLP) -> str:
+    widths = [model.config.in_features, *model.config.hidden, model.config.num_classes]
+    return "-".join(map(str, widths))

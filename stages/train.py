@@ -53,6 +53,7 @@ from stages.paths import (
     TRAIN_RESUME,
     VAL_DATA,
 )
+from stages.registry import warm_start
 from stages.schedulers import Schedule, build_schedule
 
 
@@ -67,6 +68,8 @@ def train(params: Params, device: torch.device) -> None:
 
     config = MLPConfig.from_params(params.model, *read_pixel_statistics(SPLIT_MANIFEST))
     model = MLP(config).to(device)
+    # DDP copies rank 0's weights to every process when it wraps the model
+    init_commit = warm_start(model, cfg.init) if cfg.init is not None and is_main() else None
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     schedule = build_schedule(optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size))
     watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
@@ -88,6 +91,8 @@ def train(params: Params, device: torch.device) -> None:
 
     if is_main():
         announce(cfg, len(train_data), device)
+        if init_commit is not None:
+            print(f"train: starting from the exported model of {cfg.init} ({init_commit[:12]})")
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
 
         def validated(epoch: int, metrics: dict[str, float]) -> bool:
@@ -115,13 +120,16 @@ def train(params: Params, device: torch.device) -> None:
             validated=validated, logged=save_state if is_main() else None,
         )  # fmt: skip
         record_the_run(log, schedule, watcher, min(last, len(log.history) - 1))
+        if init_commit is not None:
+            log.summarize(init_commit=init_commit)
     if not is_main():
         return
     final_lr = current_lr(optimizer)
     if kept is not None:
         model.load_state_dict(kept["weights"])
         final_lr = kept["lr"]
-    save_model(model, TRAIN_MODEL, {"final_lr": final_lr})
+    started = {"init_commit": init_commit} if init_commit else {}
+    save_model(model, TRAIN_MODEL, {"final_lr": final_lr, **started})
     TRAIN_RESUME.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
         TRAIN_RESUME.parent.rmdir()

@@ -101,6 +101,29 @@ def test_the_lessons_lbfgs_and_lambda_schedule_run_as_an_experiment(reproduced: 
     assert float(lrs[steps].split(",")[1]) == float(lrs[0].split(",")[1]) / 2
 
 
+def test_warm_start_from_a_tag_records_its_commit_and_refuses_a_branch(
+    reproduced: Project,
+) -> None:
+    reproduced.run("git", "tag", "warm-base")
+    commit = reproduced.run("git", "rev-parse", "HEAD").stdout.strip()
+    try:
+        result = reproduced.run("dvc", "exp", "run", "-n", "warm", "-S", "train.init=warm-base")
+        summary = json.loads(reproduced.read("metrics/train/metrics.json"))
+        restore_workspace(reproduced)
+        branch = reproduced.run("dvc", "exp", "run", "-S", "train.init=main", check=False)
+    finally:
+        restore_workspace(reproduced)
+        reproduced.run("git", "tag", "-d", "warm-base")
+    assert f"starting from the exported model of warm-base ({commit[:12]})" in result.stdout
+    assert summary["init_commit"] == commit
+    # the warm-started model begins where the tagged one ended: far above chance at epoch 0
+    assert "train epoch 0/2" in result.stdout
+    epoch0 = next(line for line in result.stdout.splitlines() if "train epoch 0/2" in line)
+    assert float(epoch0.split("acc ")[-1].split()[0]) > 0.5
+    assert branch.returncode != 0
+    assert "train.init = 'main' is a moving name" in branch.stdout + branch.stderr
+
+
 def test_a_bad_formula_fails_before_any_stage_does_work(reproduced: Project) -> None:
     reproduced.set_params(
         {

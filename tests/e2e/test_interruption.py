@@ -1,7 +1,9 @@
-"""A train stage killed with SIGKILL at a random point, under every learning-rate scheduler:
-nothing half-written appears under an output's name, `dvc status` reports the stage as changed,
-and the rerun resumes from the last epoch's state and ends with the same bytes as a run that was
-never interrupted (so the schedule, too, continues where it stopped)."""
+"""A train stage killed with SIGKILL at a random point, under per-epoch and per-batch schedules,
+a warm-up, and ReduceLROnPlateau with early stopping that keeps the best epoch: nothing
+half-written appears under an output's name, `dvc status` reports the stage as changed, and the
+rerun resumes from the last epoch's state and ends with the same bytes as a run that was never
+interrupted (so the schedule and the stopping decision, too, continue where they stopped).
+tests/test_checkpoints.py resumes every optimizer and scheduler in-process."""
 
 from __future__ import annotations
 
@@ -21,9 +23,17 @@ from .conftest import SMALL, Project, lock_hashes, make_project
 pytestmark = pytest.mark.e2e
 
 EPOCHS = 12  # a second or two of training on the subset, so there is time to kill it mid-run
-SCHEDULERS = ["none", "step", "multistep", "exponential", "cosine", "onecycle"]
 # each changes the lr after the first epochs, where a kill lands
-SCHEDULES = {"step": {"step_size": 3, "gamma": 0.5}, "multistep": {"milestones": [4, 8]}}
+CASES = {
+    "multistep": {"scheduler": "multistep", "schedulers": {"multistep": {"milestones": [4, 8]}}},
+    "onecycle": {"scheduler": "onecycle"},
+    "warm-up + sgdr": {"scheduler": "cosine_warm_restarts", "warmup_epochs": 2,
+                       "schedulers": {"cosine_warm_restarts": {"T_0": 2}}},
+    "plateau + early stopping, keep best": {
+        "scheduler": "plateau", "schedulers": {"plateau": {"patience": 0}}, "keep": "best",
+        "early_stopping": {"metric": "val/acc", "mode": "max", "patience": 4, "min_delta": 0.0},
+    },
+}  # fmt: skip
 FORCED = ("--force", "--no-run-cache", "--single-item")
 
 
@@ -61,16 +71,12 @@ def project(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Project:
     return project
 
 
-@pytest.mark.parametrize("scheduler", SCHEDULERS)
-def test_killed_training_resumes_to_the_uninterrupted_result(
-    project: Project, scheduler: str
-) -> None:
-    schedulers = {scheduler: SCHEDULES[scheduler]} if scheduler in SCHEDULES else {}
-    project.set_params(
-        {"train": {"epochs": EPOCHS, "scheduler": scheduler, "schedulers": schedulers}}
-    )
+@pytest.mark.parametrize("case", list(CASES))
+def test_killed_training_resumes_to_the_uninterrupted_result(project: Project, case: str) -> None:
+    project.run("git", "checkout", "-q", "params.yaml")
+    project.set_params({"train": {"epochs": EPOCHS, **CASES[case]}})
     # A first run killed, then `dvc repro` as a user would type it.
-    kill_mid_training(project, random.Random(scheduler))
+    kill_mid_training(project, random.Random(case))
     assert_nothing_half_written(project)
     rerun = project.run("dvc", "repro", "train")
     assert "train: resuming after epoch" in rerun.stdout, rerun.stdout

@@ -1,7 +1,7 @@
 """Wall time of a queued sweep with `dvc queue start --jobs 1` vs `--jobs 2`, with and without
 limiting each worker's threads to its share of the cores.
 
-    uv run python bench/queue.py [--experiments 4] [--epochs 5]
+    uv run python bench/queue_jobs.py [--experiments 4] [--epochs 5]
 
 Each configuration queues the same short experiments (distinct lr, so nothing comes from the
 run-cache) in its own fresh clone of HEAD and waits for the queue to drain. Torch reads

@@ -1,0 +1,81 @@
+"""Warm start: which revisions train.init may name, and loading another model's weights."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages import registry
+from stages.checkpoints import save_model
+from stages.cli import StageError
+from stages.model import MLP, MLPConfig
+
+
+@pytest.fixture()
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A git repository with one commit, tagged v1 and on branch main; the commit's hash."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["init", "-q", "-b", "main"], ["-c", "user.name=t", "-c", "user.email=t@t",
+                 "commit", "-q", "--allow-empty", "-m", "one"], ["tag", "v1"]):  # fmt: skip
+        subprocess.run(["git", *args], check=True)
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_a_tag_or_a_commit_hash_resolves_to_the_commit(repo: str) -> None:
+    assert registry.fixed_commit("v1", "train.init") == repo
+    assert registry.fixed_commit(repo[:10], "train.init") == repo
+
+
+@pytest.mark.parametrize("rev", ["main", "HEAD", "HEAD~0", "v1~0"])
+def test_a_moving_name_is_refused_with_the_commit_to_use(repo: str, rev: str) -> None:
+    with pytest.raises(StageError, match=f"train.init = '{rev}' is a moving name.*{repo}"):
+        registry.fixed_commit(rev, "train.init")
+
+
+def test_an_unknown_name_is_refused(repo: str) -> None:
+    with pytest.raises(StageError, match="'v2' is not a tag or commit of this repository"):
+        registry.fixed_commit("v2", "train.init")
+
+
+def exported(tmp_path: Path, config: MLPConfig) -> bytes:
+    torch.manual_seed(1)
+    save_model(MLP(config), tmp_path / "m.safetensors")
+    return (tmp_path / "m.safetensors").read_bytes()
+
+
+def test_warm_start_keeps_the_function_under_other_pixel_statistics(
+    repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_data
+) -> None:
+    source_config = MLPConfig(hidden=(32,), pixel_mean=0.28, pixel_std=0.35)
+    data = exported(tmp_path, source_config)
+    monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
+    model = MLP(MLPConfig(hidden=(32,), pixel_mean=0.30, pixel_std=0.33)).eval()
+    assert registry.warm_start(model, "v1") == repo
+    source = registry.model_from_bytes(data, "source")
+    images = small_data[1].images
+    torch.testing.assert_close(model(images), source(images), atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_of_another_architecture_is_refused_naming_both(
+    repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = exported(tmp_path, MLPConfig(hidden=(32, 16)))
+    monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
+    with pytest.raises(
+        StageError, match=r"its model is 784-32-16-10, but params\.yaml's model is 784-64-10"
+    ):
+        registry.warm_start(MLP(MLPConfig(hidden=(64,))), "v1")
+
+
+@pytest.mark.parametrize("rev", ["--upload-pack=touch x", "a b", ""])
+def test_a_name_git_would_read_as_an_option_is_refused_by_the_schema(
+    raw_params: dict, rev: str
+) -> None:
+    from .conftest import error_of_params
+
+    assert "train.init" in error_of_params(raw_params, {"train.init": rev})
