@@ -264,15 +264,19 @@ def fit(
     logged: Callable[[int], object] | None = None,
 ) -> int:
     """Train epochs `first_epoch`..`epochs`, logging the validation score of `scored` (default:
-    `model`) before the first epoch and after each one. After each log, in every process,
-    `validated(epoch, validation metrics)` may ask to stop (early stopping) by returning True;
-    then `logged(epoch)` runs. Returns the last epoch trained.
+    `model`) before the first epoch (epoch 0) and after each one. After each log, in every
+    process, `validated(epoch, validation metrics)` may ask to stop (early stopping) by
+    returning True; then, for epochs from 1, `logged(epoch)` runs. Returns the last epoch
+    trained.
 
     Each epoch's randomness comes from (`stage`, `seed`, epoch), so starting at `first_epoch`
     continues a run exactly. A non-finite loss stops the run with an error naming `lr_key`."""
     scored = scored or unwrap(model)
     if first_epoch == 1:
-        log.log(0, current_lr(optimizer), None, evaluate(scored, val_data))
+        start = evaluate(scored, val_data)
+        log.log(0, current_lr(optimizer), None, start)
+        if validated is not None:
+            validated(0, start.metrics("val"))
     for epoch in range(first_epoch, epochs + 1):
         lr = current_lr(optimizer)
         stats = train_epoch(

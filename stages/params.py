@@ -48,6 +48,18 @@ Device = Literal["auto", "cpu", "cuda"]
 
 MAX_WIDTH, MAX_DEPTH = 8192, 8
 """Beyond these the MLP no longer fits a training machine's memory in a useful time."""
+MAX_EPOCHS = 100_000
+"""Far beyond any useful run; it bounds the lambda formula's check over every epoch (< 1 s)."""
+
+
+def _quoted_if_a_number(value: Any) -> Any:
+    """YAML (and so `-S`) reads the tag `1.0` or the hash `1234567` as a number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            "a tag or commit must be a string: YAML read this one as a number; quote it "
+            """(params.yaml: init: "1.0"; dvc exp run -S 'train.init="1.0"')"""
+        )
+    return value
 
 
 class Download(Strict):
@@ -111,7 +123,7 @@ class Train(Strict):
     device: Device
     nproc: Annotated[int, Field(ge=1)]
     """Processes to train in (DistributedDataParallel under torchrun); 1 = this process."""
-    epochs: Annotated[int, Field(ge=0)]
+    epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
     batch_size: Annotated[int, Field(gt=0)]
     precision: Literal["fp32", "bf16"]
     lr: AutoOrPositive
@@ -131,8 +143,12 @@ class Train(Strict):
     keep: Literal["last", "best"]
     """Which epoch's weights the stage writes: the last one trained, or the best on
     early_stopping's metric."""
-    init: Annotated[str, Field(pattern=r"^[\w.][\w./-]*$", max_length=255)] | None
-    """Warm start: a git tag or commit whose exported model training starts from."""
+    init: Annotated[
+        Annotated[str, Field(pattern=r"^[\w.@+][\w./@+-]*$", max_length=255)] | None,
+        BeforeValidator(_quoted_if_a_number),
+    ]
+    """Warm start: a git tag or commit whose exported model training starts from (no leading
+    '-', which git would read as an option)."""
 
     @property
     def bf16(self) -> bool:

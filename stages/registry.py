@@ -66,7 +66,9 @@ def fixed_commit(rev: str, key: str) -> str:
     commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     if commit is None:
         raise StageError(
-            f"{key} = '{rev}' is not a tag or commit of this repository (git tag lists the tags)"
+            f"{key} = '{rev}' is not a tag or commit of this repository (git tag lists the "
+            "tags). Queued and --temp experiments run in a copy that has no tags: name the "
+            "commit instead"
         )
     is_tag = _git("show-ref", "--verify", "--quiet", f"refs/tags/{rev}") is not None
     is_hash = re.fullmatch(r"[0-9a-f]{7,40}", rev) is not None and commit.startswith(rev)
@@ -78,10 +80,9 @@ def fixed_commit(rev: str, key: str) -> str:
     return commit
 
 
-def warm_start(model: MLP, rev: str, key: str = "train.init") -> str:
-    """Load the exported weights of tag or commit `rev` into `model`; returns the commit. A
-    model of another architecture is refused with both shapes."""
-    commit = fixed_commit(rev, key)
+def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> None:
+    """Load the exported weights of `commit` (what `rev` names) into `model`. A model of
+    another architecture is refused with both shapes."""
     source = model_from_bytes(read_model_bytes(commit), f"{EXPORT_WEIGHTS} at {rev}")
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
@@ -95,7 +96,6 @@ def warm_start(model: MLP, rev: str, key: str = "train.init") -> str:
         for name, tensor in model.state_dict().items():
             tensor.copy_(source.state_dict()[name])
         _renormalize_first_layer(model, source.config.pixel_mean, source.config.pixel_std)
-    return commit
 
 
 def _renormalize_first_layer(model: MLP, mean: float, std: float) -> None:

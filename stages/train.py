@@ -53,7 +53,7 @@ from stages.paths import (
     TRAIN_RESUME,
     VAL_DATA,
 )
-from stages.registry import warm_start
+from stages.registry import fixed_commit, warm_start
 from stages.schedulers import Schedule, build_schedule
 
 
@@ -68,40 +68,50 @@ def train(params: Params, device: torch.device) -> None:
 
     config = MLPConfig.from_params(params.model, *read_pixel_statistics(SPLIT_MANIFEST))
     model = MLP(config).to(device)
-    # DDP copies rank 0's weights to every process when it wraps the model
-    init_commit = warm_start(model, cfg.init) if cfg.init is not None and is_main() else None
+    init_commit = resolve_init(cfg, device)
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     schedule = build_schedule(optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size))
     watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
 
     # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
     # same epoch, or all stop (a rank whose params, data or code differ finds no match)
-    fingerprint = run_fingerprint(params)
+    fingerprint = run_fingerprint(params, init_commit)
     state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
     resumed = load_training_state(state, fingerprint, model, optimizer, schedule)
     require_same(int(fingerprint[:15], 16), "params, data and code (their fingerprint)", device)
     require_same(resumed.epoch if resumed else 0, "the epoch training resumes after", device)
     kept = resumed.kept if resumed else None
     done = resumed.epoch if resumed else 0
+    # the tagged model is a candidate for the best epoch; a random initialization is not
+    watches_epoch_0 = cfg.init is not None
     if watcher is not None and resumed is not None:
-        for epoch, metrics in enumerate(resumed.history[1:], start=1):
-            watcher.improved(epoch, metrics)
+        for epoch, metrics in enumerate(resumed.history):
+            if epoch > 0 or watches_epoch_0:
+                watcher.improved(epoch, metrics)
         if watcher.should_stop:  # the killed run had stopped early: train no further
             done = cfg.epochs
+    if init_commit is not None and resumed is None and is_main():
+        # DDP copies rank 0's weights to every process when it wraps the model
+        warm_start(model, init_commit, cfg.init)
 
     if is_main():
         announce(cfg, len(train_data), device)
-        if init_commit is not None:
+        if init_commit is not None and resumed is None:
             print(f"train: starting from the exported model of {cfg.init} ({init_commit[:12]})")
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
 
+        def last_lr() -> float:
+            """The lr the last batch used (the optimizer's may be one step ahead)."""
+            return schedule.trace[-1] if schedule.trace else current_lr(optimizer)
+
         def validated(epoch: int, metrics: dict[str, float]) -> bool:
             nonlocal kept
-            schedule.after_epoch(metrics)
-            if watcher is None:
+            if epoch > 0:
+                schedule.after_epoch(metrics)
+            if watcher is None or (epoch == 0 and not watches_epoch_0):
                 return False
             if watcher.improved(epoch, metrics) and cfg.keep == "best":
-                kept = {"weights": clone_weights(model), "lr": schedule.trace[-1]}
+                kept = {"weights": clone_weights(model), "lr": last_lr()}
             return watcher.should_stop
 
         def save_state(epoch: int) -> None:
@@ -122,9 +132,9 @@ def train(params: Params, device: torch.device) -> None:
         record_the_run(log, schedule, watcher, min(last, len(log.history) - 1))
         if init_commit is not None:
             log.summarize(init_commit=init_commit)
+        final_lr = last_lr()
     if not is_main():
         return
-    final_lr = current_lr(optimizer)
     if kept is not None:
         model.load_state_dict(kept["weights"])
         final_lr = kept["lr"]
@@ -134,6 +144,14 @@ def train(params: Params, device: torch.device) -> None:
     with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
         TRAIN_RESUME.parent.rmdir()
     print(f"wrote {TRAIN_MODEL}" + (f" (epoch {watcher.best_epoch}, the best)" if kept else ""))
+
+
+def resolve_init(cfg: Train, device: torch.device) -> str | None:
+    """The commit train.init names, resolved by rank 0 (the others may have no repository)."""
+    if cfg.init is None:
+        return None
+    commit = fixed_commit(cfg.init, "train.init").encode() if is_main() else None
+    return broadcast_bytes(commit, device).decode()
 
 
 def announce(cfg: Train, images: int, device: torch.device) -> None:
@@ -166,11 +184,11 @@ def record_the_run(log: EpochLog, schedule: Schedule, watcher: Watcher | None, l
     )
 
 
-def run_fingerprint(params: Params) -> str:
-    """What a saved training state must match: the params train reads, the process count, its
-    data, all stage code."""
+def run_fingerprint(params: Params, init_commit: str | None = None) -> str:
+    """What a saved training state must match: the params train reads, the commit train.init
+    resolved to (a tag can be moved), the process count, its data, all stage code."""
     digest = hashlib.sha256()
-    config = [params.model.model_dump(), params.train.model_dump(), world_size()]
+    config = [params.model.model_dump(), params.train.model_dump(), init_commit, world_size()]
     digest.update(json.dumps(config).encode())
     for path in (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST, *sorted(Path(__file__).parent.glob("*.py"))):
         digest.update(sha256_file(path).encode())

@@ -55,7 +55,7 @@ def test_warm_start_keeps_the_function_under_other_pixel_statistics(
     data = exported(tmp_path, source_config)
     monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
     model = MLP(MLPConfig(hidden=(32,), pixel_mean=0.30, pixel_std=0.33)).eval()
-    assert registry.warm_start(model, "v1") == repo
+    registry.warm_start(model, repo, "v1")
     source = registry.model_from_bytes(data, "source")
     images = small_data[1].images
     torch.testing.assert_close(model(images), source(images), atol=1e-5, rtol=1e-5)
@@ -69,7 +69,13 @@ def test_a_model_of_another_architecture_is_refused_naming_both(
     with pytest.raises(
         StageError, match=r"its model is 784-32-16-10, but params\.yaml's model is 784-64-10"
     ):
-        registry.warm_start(MLP(MLPConfig(hidden=(64,))), "v1")
+        registry.warm_start(MLP(MLPConfig(hidden=(64,))), repo, "v1")
+
+
+def test_a_number_yaml_read_from_a_tag_says_to_quote_it(raw_params: dict) -> None:
+    from .conftest import error_of_params
+
+    assert "quote it" in error_of_params(raw_params, {"train.init": 1.0})
 
 
 @pytest.mark.parametrize("rev", ["--upload-pack=touch x", "a b", ""])
