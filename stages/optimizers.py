@@ -99,6 +99,9 @@ class Adadelta(WithDecay):
 
 
 class Asgd(WithDecay):
+    """Averaged SGD: past step `t0` it keeps a running average of the weights, and that
+    average is the model the stage writes (see `adopt_averaged_weights`)."""
+
     lambd: NonNegativeFloat
     alpha: NonNegativeFloat
     t0: NonNegativeFloat
@@ -180,3 +183,18 @@ def needs_closure(optimizer: Optimizer) -> bool:
     import torch
 
     return isinstance(optimizer, torch.optim.LBFGS)
+
+
+def adopt_averaged_weights(optimizer: Optimizer) -> None:
+    """Replace the weights by ASGD's running average (`ax`), the model ASGD trains: it equals
+    the weights until step t0 + 1 and averages those of every later step (torch's rule).
+    Other optimizers keep none."""
+    import torch
+
+    if not isinstance(optimizer, torch.optim.ASGD):
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if "ax" in optimizer.state.get(param, {}):
+                    param.copy_(optimizer.state[param]["ax"])

@@ -42,7 +42,7 @@ from stages.engine import EpochLog, current_lr, epoch_log, fit, seed_everything,
 from stages.files import sha256_file
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optimizers import build_optimizer
+from stages.optimizers import adopt_averaged_weights, build_optimizer
 from stages.params import Params, Train
 from stages.paths import (
     SPLIT_MANIFEST,
@@ -138,6 +138,8 @@ def train(params: Params, device: torch.device) -> None:
     if kept is not None:
         model.load_state_dict(kept["weights"])
         final_lr = kept["lr"]
+    else:
+        adopt_averaged_weights(optimizer)
     started = {"init_commit": init_commit} if init_commit else {}
     save_model(model, TRAIN_MODEL, {"final_lr": final_lr, **started})
     TRAIN_RESUME.unlink(missing_ok=True)
