@@ -20,12 +20,7 @@ pytestmark = pytest.mark.e2e
 def test_repro_locks_all_six_stages(reproduced: Project) -> None:
     lock = yaml.safe_load(reproduced.read("dvc.lock"))
     assert list(lock["stages"]) == STAGES
-    assert (
-        lock["stages"]["train"]["params"]["params.yaml"]["train.epochs" if False else "train"][
-            "epochs"
-        ]
-        == 2
-    )
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["epochs"] == 2
 
 
 def test_metrics_are_written_for_both_models(reproduced: Project) -> None:
