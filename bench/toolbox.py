@@ -87,7 +87,11 @@ def main() -> None:
         for name, overrides in wanted.items():
             flags = [a for k, v in overrides.items() for a in ("-S", f"{k}={v}")]
             dvc(repo, "exp", "run", "--queue", "-n", name, *flags)
-        dvc(repo, "queue", "start", "--jobs", "1")
+        # the worker it starts inherits its stdout: capturing it would wait for the whole queue
+        subprocess.run(
+            ["dvc", "queue", "start", "--jobs", "1"], cwd=repo, env=ENV, check=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         done: dict[str, dict] = {}
         while len(done) < len(wanted):
             time.sleep(30)

@@ -29,14 +29,16 @@ from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
 from stages.params import Model as ModelParams
 
 METADATA_KEY = "fashion_mlp"
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}  # BatchNorm counts its batches
 
 
 class Architecture(ModelParams):
     """A model file's `config`: the params schema's model section, plus what is fixed by the
     data. Older files lack the keys added since, and were written with these defaults: no input
-    dropout, and the pixel statistics of the full training set."""
+    dropout, no BatchNorm, and the pixel statistics of the full training set."""
 
     input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    batch_norm: bool = False
     in_features: Literal[IMAGE_SIDE * IMAGE_SIDE]
     num_classes: Literal[len(CLASSES)]
     pixel_mean: Annotated[float, Field(ge=0, le=1)] = LEGACY_PIXEL_MEAN
@@ -100,7 +102,7 @@ def expected_tensors(config: MLPConfig) -> dict[str, tuple[str, tuple]]:
     """The (dtype, shape) of each tensor of this architecture, without allocating it."""
     with torch.device("meta"):
         state = MLP(config).state_dict()
-    return {k: ("F32", tuple(v.shape)) for k, v in state.items()}
+    return {k: (SAFETENSORS_DTYPES[v.dtype], tuple(v.shape)) for k, v in state.items()}
 
 
 def _shape(tensor: tuple[str, tuple] | None) -> str:

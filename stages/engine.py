@@ -272,6 +272,7 @@ def fit(
     Each epoch's randomness comes from (`stage`, `seed`, epoch), so starting at `first_epoch`
     continues a run exactly. A non-finite loss stops the run with an error naming `lr_key`."""
     scored = scored or unwrap(model)
+    check_batch_norm_batches(unwrap(model), len(train_data), batch_size)
     if first_epoch == 1:
         start = evaluate(scored, val_data)
         log.log(0, current_lr(optimizer), None, start)
@@ -294,6 +295,22 @@ def fit(
         if stop:
             return epoch
     return epochs
+
+
+def check_batch_norm_batches(model: nn.Module, images: int, batch_size: int) -> None:
+    """BatchNorm in training mode needs two images or more in every process's share of every
+    batch; the last batch is the smallest."""
+    if not any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+        return
+    last = images - (steps_per_epoch(images, batch_size) - 1) * batch_size
+    if last // world_size() < 2:
+        processes = f", {world_size()} processes share it" if world_size() > 1 else ""
+        raise StageError(
+            f"model.batch_norm needs 2 images or more in each process's share of every batch, "
+            f"but the last batch of the {images} training images at train.batch_size "
+            f"{batch_size} has {last}{processes}: choose another train.batch_size (or "
+            "split.subset), or model.batch_norm: false"
+        )
 
 
 def batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

@@ -1,10 +1,11 @@
 """Stage 5: evaluate the trained and the SWA model on the untouched test set with torchmetrics.
 
 Writes metrics/test.json (per model: cross-entropy as `loss`, whatever the training loss, so
-runs with different losses compare; the training loss's own value as `objective`; accuracy and
-macro F1) and, under metrics/eval/, the data
+runs with different losses compare; the training loss's own value as `objective`; accuracy,
+top-2 accuracy and macro F1; the calibration literature's names beside them: `nll`, the same
+number as `loss`, and the expected calibration error `ece`) and, under metrics/eval/, the data
 of the plots dvc.yaml declares: predictions for the confusion matrices, per-class precision and
-recall, and a grid of misclassified test images per model.
+recall, the reliability diagram and a grid of misclassified test images per model.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from stages.calibration import calibration_error, reliability_rows
 from stages.checkpoints import load_model
 from stages.cli import run_stage
 from stages.data import Images, load_split
@@ -37,16 +39,19 @@ def summary_metrics(
     logits: torch.Tensor, labels: torch.Tensor, objective: LossFn
 ) -> dict[str, float]:
     preds = logits.argmax(1)
-    return {
-        "loss": round(F.cross_entropy(logits, labels).item(), 6),
-        "objective": round(objective(logits, labels).item(), 6),
-        "accuracy": round(
-            multiclass_accuracy(preds, labels, NUM_CLASSES, average="micro").item(), 6
-        ),
-        "f1_macro": round(
-            multiclass_f1_score(preds, labels, NUM_CLASSES, average="macro").item(), 6
-        ),
+    cross_entropy = F.cross_entropy(logits, labels).item()
+    values = {
+        "loss": cross_entropy,
+        "objective": objective(logits, labels).item(),
+        "accuracy": multiclass_accuracy(preds, labels, NUM_CLASSES, average="micro").item(),
+        "top2_accuracy": multiclass_accuracy(
+            logits, labels, NUM_CLASSES, average="micro", top_k=2
+        ).item(),
+        "f1_macro": multiclass_f1_score(preds, labels, NUM_CLASSES, average="macro").item(),
+        "nll": cross_entropy,
+        "ece": calibration_error(logits, labels),
     }
+    return {name: round(value, 6) for name, value in values.items()}
 
 
 def per_class_rows(preds: torch.Tensor, labels: torch.Tensor) -> list[dict[str, object]]:
@@ -103,11 +108,12 @@ def main() -> None:
                 ],
             )
             write_csv(staging / f"per_class_{name}.csv", per_class_rows(preds, test.labels))
+            write_csv(staging / f"reliability_{name}.csv", reliability_rows(logits, test.labels))
             draw_misclassified(
                 staging / f"misclassified_{name}.png", test, preds, cfg.misclassified_grid, name
             )
             shown = {"cross-entropy": "loss", params.train.loss: "objective",
-                     "accuracy": "accuracy", "f1_macro": "f1_macro"}  # fmt: skip
+                     "accuracy": "accuracy", "f1_macro": "f1_macro", "ECE": "ece"}  # fmt: skip
             print(f"{name} model: test " + ", ".join(
                 f"{label} {results[name][key]:.4f}" for label, key in shown.items()
             ))  # fmt: skip

@@ -1,7 +1,11 @@
-"""Stage 6: export the chosen model (`export.model`) as safetensors and ONNX, with a model card.
+"""Stage 6: export the chosen model (`export.model`) as safetensors and ONNX, in the lesson's
+own layout (`model_weights.pth`), with a model card.
 
-The ONNX graph takes images in [0, 1] shaped (batch, 1, 28, 28), as torchvision's ToTensor
-gives them, with a dynamic batch axis. Before anything is written, ONNX Runtime must reproduce
+With `export.calibrate`, a temperature fitted on the validation split is folded into the last
+layer first (stages/calibration.py), so the exported probabilities are calibrated and every
+prediction is unchanged. The ONNX graph takes images in [0, 1] shaped (batch, 1, 28, 28), as
+torchvision's ToTensor gives them, with a dynamic batch axis. Before anything is written, ONNX
+Runtime and the lesson's NeuralNetwork class loading `model_weights.pth` must each reproduce
 PyTorch's logits on the whole test set (within `export.atol` + `export.rtol` x the largest
 |logit|) and give identical predictions; otherwise the stage fails and reports the largest
 difference.
@@ -9,6 +13,7 @@ difference.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -16,23 +21,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from stages.checkpoints import load_model
+from stages.calibration import calibration_report, fold_temperature
+from stages.checkpoints import load_model, save_model
 from stages.cli import StageError, run_stage
-from stages.data import load_split
+from stages.data import Images, load_split
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.files import atomic_dir, copy_file, sha256_file, write_json
+from stages.lesson import NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
 from stages.model import MLP, MLPConfig, predict_logits
-from stages.params import Params, load_params
+from stages.params import Export, Params, load_params
 from stages.paths import (
+    CALIBRATION_METRICS,
     EXPORT_CARD,
     EXPORT_DIR,
+    EXPORT_LESSON_PTH,
+    EXPORT_LESSON_WEIGHTS,
     EXPORT_ONNX,
     EXPORT_WEIGHTS,
     MODELS,
     SPLIT_MANIFEST,
     TEST_DATA,
     TEST_METRICS,
+    VAL_DATA,
 )
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -101,11 +113,17 @@ def check_finite(model: MLP, logits: np.ndarray, name: str) -> None:
 
 
 def check_parity(
-    torch_logits: np.ndarray, ort_logits: np.ndarray, atol: float, rtol: float
+    torch_logits: np.ndarray,
+    ort_logits: np.ndarray,
+    atol: float,
+    rtol: float,
+    what: str = "ONNX",
+    disagree_hint: str = "the runtimes disagree: check export.opset and the onnx/onnxruntime versions",
 ) -> dict[str, object]:
-    """ONNX Runtime must give PyTorch's predictions, and logits within atol + rtol x the largest
-    |logit|: float32 rounding grows with the logits' size, so a model with large logits is held
-    to a proportionally larger difference. StageError naming the largest difference otherwise."""
+    """`what` (ONNX Runtime, or the lesson's class) must give PyTorch's predictions, and logits
+    within atol + rtol x the largest |logit|: float32 rounding grows with the logits' size, so a
+    model with large logits is held to a proportionally larger difference. StageError naming
+    the largest difference otherwise."""
     # nan > allowed is false: a nan anywhere must count as the largest difference, not the scale
     scale = float(np.abs(np.nan_to_num(torch_logits, nan=0, posinf=0, neginf=0)).max(initial=0))
     allowed = atol + rtol * scale
@@ -115,9 +133,9 @@ def check_parity(
         if not mismatched and max_diff <= 10 * allowed:
             hint = "a float32 rounding difference: raise export.atol or export.rtol"
         else:
-            hint = "the runtimes disagree: check export.opset and the onnx/onnxruntime versions"
+            hint = disagree_hint
         raise StageError(
-            f"ONNX parity check failed: max |logit difference| {max_diff:.3g} (allowed: "
+            f"{what} parity check failed: max |logit difference| {max_diff:.3g} (allowed: "
             f"export.atol {atol:g} + export.rtol {rtol:g} x max |logit| {scale:.3g} = "
             f"{allowed:.3g}), {mismatched} of {len(torch_logits)} predictions differ. Nothing "
             f"was exported. Likely {hint}."
@@ -131,7 +149,41 @@ def check_parity(
     }
 
 
-def model_card(params: Params, config: MLPConfig, parity: dict, files: dict[str, str]) -> dict:
+def write_lesson_layout(
+    model: MLP, staging: Path, images: torch.Tensor, reference: np.ndarray, cfg: Export
+) -> dict[str, object]:
+    """The lesson's `NeuralNetwork` weights as torch.save's state_dict and as safetensors, after
+    checking that the lesson's class, loading them as the lesson does, computes `reference`."""
+    config = model.config
+    state = lesson_state_dict(model)
+    data = torch_save_bytes(state)
+    lesson = NeuralNetwork(config.hidden, config.in_features, config.num_classes).eval()
+    lesson.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+    parity = check_parity(
+        reference, predict_logits(lesson, images).numpy(), cfg.atol, cfg.rtol,
+        what="The lesson's NeuralNetwork (model_weights.pth)",
+        disagree_hint="a bug in folding the model into the lesson's layers (stages/lesson.py)",
+    )  # fmt: skip
+    (staging / EXPORT_LESSON_PTH.name).write_bytes(data)
+    save_file(state, staging / EXPORT_LESSON_WEIGHTS.name)
+    return {
+        "files": [EXPORT_LESSON_PTH.name, EXPORT_LESSON_WEIGHTS.name],
+        "load": "model = NeuralNetwork(); model.load_state_dict(torch.load('model_weights.pth'))",
+        "linear_relu_stack": stack_code(config.hidden, config.in_features, config.num_classes),
+        "input": "ToTensor() images in [0, 1]: the input normalization, any BatchNorm and the "
+        "calibration temperature are folded into the linear layers",
+        "parity": parity,
+    }
+
+
+def model_card(
+    params: Params,
+    config: MLPConfig,
+    calibration: dict,
+    parity: dict,
+    lesson: dict,
+    files: dict[str, str],
+) -> dict:
     cfg = params.export
     return {
         "name": "fashion-mnist-mlp",
@@ -146,31 +198,58 @@ def model_card(params: Params, config: MLPConfig, parity: dict, files: dict[str,
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(CLASSES)], "dtype": "float32"},
         "classes": list(CLASSES),
         "test_metrics": json.loads(TEST_METRICS.read_text()),
+        "calibration": calibration,
         "onnx_parity": parity,
+        "lesson_layout": lesson,
         "params": params.model_dump(include={"split", "model", "train", "swa", "export"}),
         "data": json.loads(SPLIT_MANIFEST.read_text()),
         "files_sha256": files,
     }
 
 
+def calibrate(model: MLP, cfg: Export, test: Images) -> tuple[np.ndarray, dict]:
+    """Fold export.calibrate's temperature into `model`; the model's test logits then, and the
+    calibration report (the temperature, NLL and ECE before and after)."""
+    val = load_split(VAL_DATA)
+    report = calibration_report(
+        (predict_logits(model, val.images), val.labels),
+        (predict_logits(model, test.images), test.labels),
+        fit=cfg.calibrate,
+    )
+    fold_temperature(model, report["temperature"])
+    return predict_logits(model, test.images).numpy(), report
+
+
 def main() -> None:
     params = load_params()
     cfg = params.export
     source = MODELS[cfg.model]
-    model, _ = load_model(source)
-    images = load_split(TEST_DATA).images.unsqueeze(1)
-    reference = predict_logits(model, images).numpy()
-    check_finite(model, reference, f"the {cfg.model} model ({source})")
+    model, info = load_model(source)
+    test = load_split(TEST_DATA)
+    images = test.images.unsqueeze(1)  # the ONNX input's shape
+    check_finite(model, predict_logits(model, images).numpy(), f"the {cfg.model} model ({source})")
+    reference, calibration = calibrate(model, cfg, test)
+    temperature = calibration["temperature"]
 
     with atomic_dir(EXPORT_DIR) as staging:
         weights, onnx_file = staging / EXPORT_WEIGHTS.name, staging / EXPORT_ONNX.name
-        copy_file(source, weights)
+        if cfg.calibrate:
+            save_model(model, weights, {**info, "temperature": temperature})
+        else:
+            copy_file(source, weights)
         export_onnx(model, onnx_file, cfg.opset)
         parity = check_parity(reference, onnx_logits(onnx_file, images.numpy()), cfg.atol, cfg.rtol)
-        files = {p.name: sha256_file(p) for p in (weights, onnx_file)}
-        write_json(staging / EXPORT_CARD.name, model_card(params, model.config, parity, files))
+        lesson = write_lesson_layout(model, staging, images, reference, cfg)
+        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
+        write_json(
+            staging / EXPORT_CARD.name,
+            model_card(params, model.config, calibration, parity, lesson, files),
+        )
+    write_json(CALIBRATION_METRICS, calibration)
     print(
-        f"exported the {cfg.model} model to {EXPORT_DIR}/: ONNX matches PyTorch on {parity['images']} test images (max |diff| {parity['max_abs_logit_diff']:.2e})"
+        f"exported the {cfg.model} model to {EXPORT_DIR}/ (temperature {temperature:g}): "
+        f"ONNX and the lesson's NeuralNetwork match PyTorch on {parity['images']} test images "
+        f"(max |diff| {max(parity['max_abs_logit_diff'], lesson['parity']['max_abs_logit_diff']):.2e})"
     )
 
 

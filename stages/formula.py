@@ -14,6 +14,9 @@ import operator
 from collections.abc import Callable
 
 MAX_LENGTH = 500
+MAX_NODES = 64
+"""Operations, numbers and names in one formula: the check evaluates it at every epoch of the
+run (up to params.MAX_EPOCHS), and each node costs a Python call there."""
 MAX_POWER = 1e6
 """Powers beyond this magnitude only overflow or vanish; refusing them keeps evaluation cheap."""
 
@@ -53,6 +56,9 @@ def parse(formula: str) -> ast.Expression:
         tree = ast.parse(formula.strip(), mode="eval")
     except SyntaxError as e:
         raise FormulaError(f"is not a valid expression ({e.msg})") from None
+    nodes = sum(not isinstance(n, ast.expr_context) for n in ast.walk(tree.body))
+    if nodes > MAX_NODES:
+        raise FormulaError(f"has {nodes} operations, numbers and names: at most {MAX_NODES}")
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
         _check(node)

@@ -1,4 +1,5 @@
-"""The lesson's network: 784-512-512-10 with ReLU, optional dropout, input normalization inside.
+"""The lesson's network: 784-512-512-10 with ReLU, optional dropout and BatchNorm, input
+normalization inside.
 
 Inputs are images in [0, 1], shaped (N, 28, 28) or (N, 1, 28, 28), as torchvision's ToTensor
 gives them; normalizing inside the model keeps the exported ONNX graph self-contained. The
@@ -27,6 +28,7 @@ class MLPConfig:
     hidden: tuple[int, ...] = (512, 512)
     dropout: float = 0.0
     input_dropout: float = 0.0
+    batch_norm: bool = False
     in_features: int = IMAGE_SIDE * IMAGE_SIDE
     num_classes: int = len(CLASSES)
     pixel_mean: float = 0.0
@@ -43,7 +45,7 @@ class MLPConfig:
     def from_params(cls, p: ModelParams, pixel_mean: float, pixel_std: float) -> MLPConfig:
         return cls(
             hidden=tuple(p.hidden), dropout=p.dropout, input_dropout=p.input_dropout,
-            pixel_mean=pixel_mean, pixel_std=pixel_std,
+            batch_norm=p.batch_norm, pixel_mean=pixel_mean, pixel_std=pixel_std,
         )  # fmt: skip
 
 
@@ -71,7 +73,10 @@ class MLP(nn.Module):
             layers.append(Dropout(config.input_dropout))
         width = config.in_features
         for hidden in config.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            layers.append(nn.Linear(width, hidden))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU())
             if config.dropout > 0:
                 layers.append(Dropout(config.dropout))
             width = hidden

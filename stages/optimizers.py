@@ -185,16 +185,24 @@ def needs_closure(optimizer: Optimizer) -> bool:
     return isinstance(optimizer, torch.optim.LBFGS)
 
 
-def adopt_averaged_weights(optimizer: Optimizer) -> None:
-    """Replace the weights by ASGD's running average (`ax`), the model ASGD trains: it equals
-    the weights until step t0 + 1 and averages those of every later step (torch's rule).
-    Other optimizers keep none."""
+def averaged_copy(model: nn.Module, optimizer: Optimizer) -> nn.Module | None:
+    """For ASGD, a copy of `model` to hold its running average of the weights: the model ASGD
+    trains, so the one to validate, rank and write. None for the other optimizers."""
+    import copy
+
     import torch
 
-    if not isinstance(optimizer, torch.optim.ASGD):
-        return
+    return copy.deepcopy(model) if isinstance(optimizer, torch.optim.ASGD) else None
+
+
+def load_average(averaged: nn.Module, model: nn.Module, optimizer: Optimizer) -> None:
+    """ASGD's current average (`ax`: the weights until step t0 + 1, then the mean of every
+    later step's, torch's rule) into `averaged`, with `model`'s buffers."""
+    import torch
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     with torch.no_grad():
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if "ax" in optimizer.state.get(param, {}):
-                    param.copy_(optimizer.state[param]["ax"])
+        for target, param in zip(averaged.parameters(), params, strict=True):
+            target.copy_(optimizer.state.get(param, {}).get("ax", param))
+        for target, buffer in zip(averaged.buffers(), model.buffers(), strict=True):
+            target.copy_(buffer)

@@ -31,7 +31,7 @@ from stages.early_stopping import EarlyStoppingArgs
 from stages.fashion_mnist import TRAIN_SIZE
 from stages.losses import LOSSES, LossArgs
 from stages.optimizers import OPTIMIZERS, REFUSED_OPTIMIZERS, OptimizerArgs
-from stages.schedulers import SCHEDULERS, Lambda, SchedulerArgs
+from stages.schedulers import SCHEDULERS, SchedulerArgs
 from stages.schema import (
     AutoOrPositive,
     NonNegativeFloat,
@@ -48,8 +48,9 @@ Device = Literal["auto", "cpu", "cuda"]
 
 MAX_WIDTH, MAX_DEPTH = 8192, 8
 """Beyond these the MLP no longer fits a training machine's memory in a useful time."""
-MAX_EPOCHS = 100_000
-"""Far beyond any useful run; it bounds the lambda formula's check over every epoch (< 1 s)."""
+MAX_EPOCHS = 10_000
+"""Far beyond any useful run (4 hours at 1.5 s an epoch); it bounds the lambda formula's check
+over every epoch: at most formula.MAX_NODES nodes, 0.4 s here."""
 
 
 def _quoted_if_a_number(value: Any) -> Any:
@@ -75,6 +76,10 @@ class Split(Strict):
     """Keep a stratified random subset of this many training images (quick runs); null or
     60000 keeps them all."""
 
+    @property
+    def train_images(self) -> int:
+        return (self.subset or TRAIN_SIZE) - self.val_size
+
     @model_validator(mode="after")
     def _val_smaller_than_train(self) -> Split:
         pool = self.subset or TRAIN_SIZE
@@ -92,6 +97,8 @@ class Model(Strict):
     ]
     dropout: UnitFloat
     input_dropout: UnitFloat
+    batch_norm: bool
+    """BatchNorm after each hidden linear layer (before its ReLU)."""
 
 
 def _family(name: str, table: dict[str, type[BaseModel]]) -> type[Strict]:
@@ -205,12 +212,13 @@ class Train(Strict):
         return self
 
     @model_validator(mode="after")
-    def _formula_defined_for_every_epoch(self) -> Train:
-        if isinstance(self.scheduler_args, Lambda):
-            try:
-                self.scheduler_args.check_values(self.epochs - self.warmup_epochs)
-            except ValueError as e:
-                raise ValueError(f"train.schedulers.lambda.formula: {e}") from None
+    def _scheduler_fits_the_run(self) -> Train:
+        if self.scheduler_args is None or self.epochs == 0:
+            return self
+        try:
+            self.scheduler_args.check_run(self.epochs - self.warmup_epochs)
+        except ValueError as e:
+            raise ValueError(f"train.schedulers.{self.scheduler}.{e}") from None
         return self
 
     @model_validator(mode="after")
@@ -251,11 +259,16 @@ class Train(Strict):
 
 
 class Swa(Strict):
+    strategy: Literal["swa", "ema"]
+    """swa: the equal average of the weights after every epoch; ema: an exponential moving
+    average of the weights, updated after every step."""
     epochs: Annotated[int, Field(ge=0)]
     """0 passes the trained model through unchanged."""
     lr: PositiveFloat
     anneal_epochs: Annotated[int, Field(ge=0)]
     anneal_strategy: Literal["cos", "linear"]
+    ema_decay: Annotated[float, Field(gt=0, lt=1)]
+    """ema: each step keeps this share of the average and adds (1 - decay) of the weights."""
     seed: Seed
 
 
@@ -272,6 +285,8 @@ class Export(Strict):
     atol: PositiveFloat
     rtol: NonNegativeFloat
     """The parity check allows |logit difference| <= atol + rtol x the largest |logit|."""
+    calibrate: bool
+    """Temperature scaling fitted on the validation split, folded into the last layer."""
 
 
 class Params(Strict):
@@ -282,6 +297,22 @@ class Params(Strict):
     swa: Swa
     evaluate: Evaluate
     export: Export
+
+    @model_validator(mode="after")
+    def _batch_norm_sees_two_images_per_share(self) -> Params:
+        """BatchNorm in training mode needs 2 images or more in each process's share of every
+        batch: the last batch of an epoch may be too small (stages/engine.py checks it again,
+        for runs started by hand under torchrun)."""
+        images, batch = self.split.train_images, self.train.batch_size
+        last = images - (-(-images // batch) - 1) * batch
+        if self.model.batch_norm and last // self.train.nproc < 2:
+            raise ValueError(
+                f"model.batch_norm = true needs 2 images or more in each of the train.nproc = "
+                f"{self.train.nproc} processes' shares of every batch, but the last batch of the "
+                f"{images} training images (split) at train.batch_size = {batch} has {last}: "
+                "choose another batch size or split, or model.batch_norm: false"
+            )
+        return self
 
 
 class _Yaml12FloatLoader(yaml.SafeLoader):
@@ -345,7 +376,7 @@ def _describe(err: Any, raw: dict) -> str:
     value = _value_at(raw, loc)
     shown = "" if value is _MISSING or isinstance(value, dict) else f" = {value!r}"
     message = err["msg"].removeprefix("Value error, ")
-    return f"{key}{shown}: {message}"
+    return f"{key}{shown}: {message}" if loc else message  # across sections: it names its keys
 
 
 _MISSING = object()

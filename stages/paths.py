@@ -28,3 +28,6 @@ EXPORT_DIR = Path("models/export")
 EXPORT_WEIGHTS = EXPORT_DIR / "model.safetensors"
 EXPORT_ONNX = EXPORT_DIR / "model.onnx"
 EXPORT_CARD = EXPORT_DIR / "model_card.json"
+EXPORT_LESSON_PTH = EXPORT_DIR / "model_weights.pth"  # the lesson's NeuralNetwork state_dict
+EXPORT_LESSON_WEIGHTS = EXPORT_DIR / "model_weights.safetensors"  # the same tensors
+CALIBRATION_METRICS = Path("metrics/calibration.json")

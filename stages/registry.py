@@ -81,21 +81,33 @@ def fixed_commit(rev: str, key: str) -> str:
 
 
 def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> None:
-    """Load the exported weights of `commit` (what `rev` names) into `model`. A model of
-    another architecture is refused with both shapes."""
+    """Load the exported weights of `commit` (what `rev` names) into `model`, layer by layer:
+    dropout may differ (it has no weights), the layers may not. A model of another
+    architecture is refused with both shapes."""
     source = model_from_bytes(read_model_bytes(commit), f"{EXPORT_WEIGHTS} at {rev}")
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
-    if ours != theirs:
+    ours, theirs = _weighted_layers(model), _weighted_layers(source)
+    if [_shapes(m) for m in ours] != [_shapes(m) for m in theirs]:
+        fix = (
+            "model.batch_norm"
+            if model.config.batch_norm != source.config.batch_norm
+            else "model.hidden"
+        )
         raise StageError(
             f"{key} = '{rev}': its model is {_layers(source)}, but params.yaml's model is "
-            f"{_layers(model)} (model.hidden): set model.hidden to match, or start from "
-            "another version"
+            f"{_layers(model)} ({fix}): set {fix} to match, or start from another version"
         )
     with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            tensor.copy_(source.state_dict()[name])
+        for target, layer in zip(ours, theirs, strict=True):
+            target.load_state_dict(layer.state_dict())
         _renormalize_first_layer(model, source.config.pixel_mean, source.config.pixel_std)
+
+
+def _weighted_layers(model: MLP) -> list[torch.nn.Module]:
+    return [m for m in model.net if isinstance(m, torch.nn.Linear | torch.nn.BatchNorm1d)]
+
+
+def _shapes(layer: torch.nn.Module) -> tuple:
+    return type(layer).__name__, *(tuple(v.shape) for v in layer.state_dict().values())
 
 
 def _renormalize_first_layer(model: MLP, mean: float, std: float) -> None:
@@ -110,4 +122,4 @@ def _renormalize_first_layer(model: MLP, mean: float, std: float) -> None:
 
 def _layers(model: MLP) -> str:
     widths = [model.config.in_features, *model.config.hidden, model.config.num_classes]
-    return "-".join(map(str, widths))
+    return "-".join(map(str, widths)) + (" with BatchNorm" if model.config.batch_norm else "")

@@ -62,10 +62,26 @@ class SchedulerArgs(Strict, ABC):
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         """The torch scheduler over `optimizer` for this horizon."""
 
+    def check_run(self, epochs: int) -> None:
+        """ValueError if an argument cannot take effect in a run of `epochs` scheduled epochs
+        (train.epochs less the warm-up): a value that is silently ignored is a mistake."""
+
+
+def _never_reached(what: str, epoch: int, epochs: int) -> str:
+    return (
+        f"{what} {epoch}: the scheduler runs {epochs} epochs (train.epochs less "
+        f"train.warmup_epochs) and steps after epochs 1..{epochs - 1}, so it never takes effect: "
+        f"use a value below {epochs}, or more epochs"
+    )
+
 
 class StepLR(SchedulerArgs):
     step_size: PositiveInt
     gamma: PositiveFloat
+
+    def check_run(self, epochs: int) -> None:
+        if self.step_size >= epochs:
+            raise ValueError(_never_reached("step_size =", self.step_size, epochs))
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         return _torch_schedulers().StepLR(optimizer, self.step_size, self.gamma)
@@ -74,6 +90,13 @@ class StepLR(SchedulerArgs):
 class MultiStepLR(SchedulerArgs):
     milestones: list[PositiveInt]
     gamma: PositiveFloat
+
+    def check_run(self, epochs: int) -> None:
+        late = [m for m in self.milestones if m >= epochs]
+        if late:
+            raise ValueError(
+                _never_reached(f"milestones = {self.milestones}: milestone", late[0], epochs)
+            )
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         return _torch_schedulers().MultiStepLR(optimizer, self.milestones, self.gamma)
@@ -127,16 +150,18 @@ class Lambda(SchedulerArgs):
             raise ValueError(f"the formula {e}") from None
         return formula
 
-    def check_values(self, epochs: int) -> None:
+    def check_run(self, epochs: int) -> None:
         """Refuse a formula that is not a finite, non-negative factor at some epoch of the run."""
         factor = compile_formula(self.formula)
         for epoch in range(max(1, epochs)):
             try:
                 value = factor(epoch)
             except FormulaError as e:
-                raise ValueError(f"the formula {e}") from None
+                raise ValueError(f"formula: the formula {e}") from None
             if value < 0:
-                raise ValueError(f"the formula is {value:g} at epoch {epoch}: an lr factor >= 0")
+                raise ValueError(
+                    f"formula: the formula is {value:g} at epoch {epoch}: an lr factor >= 0"
+                )
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         return _torch_schedulers().LambdaLR(optimizer, compile_formula(self.formula))
@@ -334,11 +359,17 @@ class Schedule:
 
     def state_dict(self) -> dict[str, Any]:
         scheduler = self.scheduler.state_dict() if self.scheduler is not None else None
-        return {"batches": self.batches, "epochs": self.epochs, "trace": list(self.trace),
+        import torch
+
+        # a tensor, so it goes into the file's body: as JSON, a long run's trace outgrows the
+        # safetensors header limit (100 MB, about 5 million batches)
+        trace = torch.tensor(self.trace, dtype=torch.float64)
+        return {"batches": self.batches, "epochs": self.epochs, "trace": trace,
                 "scheduler": scheduler}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.batches, self.epochs, self.trace = state["batches"], state["epochs"], state["trace"]
+        self.batches, self.epochs = state["batches"], state["epochs"]
+        self.trace = state["trace"].tolist()
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 

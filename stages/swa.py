@@ -1,18 +1,19 @@
 """Stage 4: SWA-finalize the trained model (stochastic weight averaging).
 
 Training continues from the trained weights for `swa.epochs`, with SWALR annealing the learning
-rate from where training ended to `swa.lr`; after each epoch the weights join a running average
-(AveragedModel). `update_bn` then recomputes BatchNorm statistics for the averaged weights (a
-no-op for this MLP, kept so a model with BatchNorm stays correct). With `swa.epochs: 0` the
-trained model passes through unchanged, byte for byte. `train.nproc` > 1 runs it as DDP
-processes, as for train.
+rate from where training ended to `swa.lr`. `swa.strategy: swa` averages the weights after each
+epoch with equal shares (AveragedModel); `ema` keeps an exponential moving average of weights
+and buffers, updated after every step (`swa.ema_decay`). `update_bn` then recomputes BatchNorm
+statistics for the averaged weights over the training data (with `model.batch_norm`; a no-op
+without). With `swa.epochs: 0` the trained model passes through unchanged, byte for byte.
+`train.nproc` > 1 runs it as DDP processes, as for train.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from stages.checkpoints import load_model, save_model
 from stages.cli import run_stage
@@ -26,6 +27,16 @@ from stages.params import Params, Swa, Train
 from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 
 
+def averaged_model(model: nn.Module, cfg: Swa) -> AveragedModel:
+    """swa: equal weights for every average taken (use_buffers=False: update_bn recomputes
+    BatchNorm statistics afterwards); ema: torch's EMA over weights and buffers."""
+    if cfg.strategy == "ema":
+        return AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+    return AveragedModel(model)
+
+
 def average_weights(
     model: nn.Module,
     train_data: Images,
@@ -35,10 +46,11 @@ def average_weights(
     start_lr: float,
     log: EpochLog,
 ) -> AveragedModel:
-    """Continue training `model` for cfg.epochs, averaging its weights after every epoch."""
+    """Continue training `model` for cfg.epochs, averaging its weights after every epoch (swa)
+    or every step (ema), then recompute BatchNorm statistics for the averaged weights."""
     loss_fn = build_loss(train_cfg)
     optimizer = build_optimizer(model.parameters(), train_cfg, lr=start_lr)
-    swa_model = AveragedModel(model)
+    swa_model = averaged_model(model, cfg)
     swa_scheduler = SWALR(
         optimizer,
         swa_lr=cfg.lr,
@@ -46,14 +58,19 @@ def average_weights(
         anneal_strategy=cfg.anneal_strategy,
     )
 
-    def average_and_anneal() -> None:
+    def average() -> None:
         swa_model.update_parameters(model)
+
+    def average_and_anneal() -> None:
+        if cfg.strategy == "swa":
+            average()
         swa_scheduler.step()
 
     fit(
         wrap(model, val_data.labels.device), train_data, val_data, loss_fn, optimizer, log,
         epochs=cfg.epochs, batch_size=train_cfg.batch_size, seed=cfg.seed, stage="swa",
         lr_key="swa.lr", augmentation=train_cfg.augment, bf16=train_cfg.bf16,
+        after_step=average if cfg.strategy == "ema" else None,
         after_epoch=average_and_anneal, scored=swa_model.module,
     )  # fmt: skip
     update_bn(
@@ -73,7 +90,7 @@ def finalize(params: Params, device: torch.device) -> None:
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
     if is_main():
-        print(f"swa: {cfg.epochs} epochs from {TRAIN_MODEL}, "
+        print(f"swa ({cfg.strategy}): {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} from {TRAIN_MODEL}, "
               f"lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")  # fmt: skip
     with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
         swa_model = average_weights(
@@ -84,7 +101,8 @@ def finalize(params: Params, device: torch.device) -> None:
     if cfg.epochs == 0:
         copy_file(TRAIN_MODEL, SWA_MODEL)
     else:
-        save_model(swa_model.module, SWA_MODEL, {"final_lr": cfg.lr, "swa_epochs": cfg.epochs})
+        info = {"final_lr": cfg.lr, "swa_epochs": cfg.epochs, "swa_strategy": cfg.strategy}
+        save_model(swa_model.module, SWA_MODEL, info)
     print(f"wrote {SWA_MODEL}")
 
 

@@ -42,7 +42,7 @@ from stages.engine import EpochLog, current_lr, epoch_log, fit, seed_everything,
 from stages.files import sha256_file
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optimizers import adopt_averaged_weights, build_optimizer
+from stages.optimizers import averaged_copy, build_optimizer, load_average
 from stages.params import Params, Train
 from stages.paths import (
     SPLIT_MANIFEST,
@@ -99,6 +99,15 @@ def train(params: Params, device: torch.device) -> None:
         if init_commit is not None and resumed is None:
             print(f"train: starting from the exported model of {cfg.init} ({init_commit[:12]})")
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
+        # what is validated, ranked and written: the model, or ASGD's average of its weights
+        averaged = averaged_copy(model, optimizer)
+        scored = averaged if averaged is not None else model
+
+        def average() -> None:
+            if averaged is not None:
+                load_average(averaged, model, optimizer)
+
+        average()
 
         def last_lr() -> float:
             """The lr the last batch used (the optimizer's may be one step ahead)."""
@@ -111,7 +120,7 @@ def train(params: Params, device: torch.device) -> None:
             if watcher is None or (epoch == 0 and not watches_epoch_0):
                 return False
             if watcher.improved(epoch, metrics) and cfg.keep == "best":
-                kept = {"weights": clone_weights(model), "lr": last_lr()}
+                kept = {"weights": clone_weights(scored), "lr": last_lr()}
             return watcher.should_stop
 
         def save_state(epoch: int) -> None:
@@ -128,6 +137,7 @@ def train(params: Params, device: torch.device) -> None:
             lr_key=f"train.lr, or train.optimizers.{cfg.optimizer}.lr", augmentation=cfg.augment,
             bf16=cfg.bf16, after_step=schedule.after_batch, first_epoch=done + 1,
             validated=validated, logged=save_state if is_main() else None,
+            after_epoch=average, scored=scored,
         )  # fmt: skip
         record_the_run(log, schedule, watcher, min(last, len(log.history) - 1))
         if init_commit is not None:
@@ -136,12 +146,10 @@ def train(params: Params, device: torch.device) -> None:
     if not is_main():
         return
     if kept is not None:
-        model.load_state_dict(kept["weights"])
+        scored.load_state_dict(kept["weights"])
         final_lr = kept["lr"]
-    else:
-        adopt_averaged_weights(optimizer)
     started = {"init_commit": init_commit} if init_commit else {}
-    save_model(model, TRAIN_MODEL, {"final_lr": final_lr, **started})
+    save_model(scored, TRAIN_MODEL, {"final_lr": final_lr, **started})
     TRAIN_RESUME.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
         TRAIN_RESUME.parent.rmdir()

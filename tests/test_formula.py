@@ -65,3 +65,10 @@ def test_values_that_are_not_finite_are_refused() -> None:
         compile_formula("1e300 ** epoch")(2)  # overflows
     with pytest.raises(FormulaError, match="cannot be computed at epoch 0"):
         compile_formula("log(epoch)")(0)
+
+
+def test_a_formula_too_long_to_check_at_every_epoch_is_refused() -> None:
+    """The check evaluates the formula at every epoch, up to 10,000: its size is bounded."""
+    compile_formula("+".join(["cos(epoch) * exp(-epoch / 100)"] * 4))(1)  # 58 nodes
+    with pytest.raises(FormulaError, match="has 73 operations, numbers and names: at most 64"):
+        compile_formula("+".join(["cos(epoch) * exp(-epoch / 100)"] * 5))

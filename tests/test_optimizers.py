@@ -6,7 +6,7 @@ import torch
 from stages.engine import step
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.optimizers import OPTIMIZERS, adopt_averaged_weights, build_optimizer
+from stages.optimizers import OPTIMIZERS, averaged_copy, build_optimizer, load_average
 from stages.params import Params
 from stages.schedulers import build_schedule
 
@@ -89,36 +89,25 @@ def test_lbfgs_evaluates_the_batch_several_times_per_step_with_the_same_dropout(
 
 
 @pytest.mark.parametrize("t0", [0, 3])
-def test_asgd_writes_its_running_average_of_the_weights(
+def test_asgd_is_scored_and_written_as_its_running_average(
     params: Params, small_data, t0: int
 ) -> None:
     """ASGD's model is its average of the weights after every step past step t0 + 1 (torch's
-    rule; until then the average is the weights themselves); other optimizers' weights stay."""
+    rule; until then the average is the weights themselves); other optimizers have none."""
     cfg = train_config(params, optimizer="asgd", **{"optimizers.asgd.t0": t0, "lr": 0.05})
     torch.manual_seed(0)
     model = MLP(MLPConfig(hidden=(16,)))
     opt = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
+    averaged = averaged_copy(model, opt)
     x, y = small_data[0].images[:256], small_data[0].labels[:256]
     after_steps = []
     for i in range(6):
-        step(
-            model,
-            x[i * 32 : (i + 1) * 32],
-            y[i * 32 : (i + 1) * 32],
-            build_loss(cfg),
-            opt,
-            1.0,
-            bf16=False,
-        )
+        batch = slice(i * 32, (i + 1) * 32)
+        step(model, x[batch], y[batch], build_loss(cfg), opt, 1.0, bf16=False)
         after_steps.append(model.net[1].weight.detach().clone())
-    expected = torch.stack(after_steps[t0 + 1 :]).mean(0)
-    adopt_averaged_weights(opt)
-    torch.testing.assert_close(model.net[1].weight, expected)
-    assert not torch.equal(model.net[1].weight, after_steps[-1])
-
-    other = build_optimizer(model.parameters(), train_config(params, optimizer="sgd"), 0.1)
-    before = model.net[1].weight.detach().clone()
-    step(model, x[:32], y[:32], build_loss(cfg), other, 1.0, bf16=False)
-    trained = model.net[1].weight.detach().clone()
-    adopt_averaged_weights(other)
-    assert torch.equal(model.net[1].weight, trained) and not torch.equal(trained, before)
+    load_average(averaged, model, opt)
+    torch.testing.assert_close(averaged.net[1].weight, torch.stack(after_steps[t0 + 1 :]).mean(0))
+    assert not torch.equal(averaged.net[1].weight, after_steps[-1])
+    assert torch.equal(model.net[1].weight, after_steps[-1])  # training goes on unaveraged
+    sgd = build_optimizer(model.parameters(), train_config(params, optimizer="sgd"), 0.1)
+    assert averaged_copy(model, sgd) is None

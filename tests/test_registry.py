@@ -48,13 +48,21 @@ def exported(tmp_path: Path, config: MLPConfig) -> bytes:
     return (tmp_path / "m.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("source_dropout", "dropout"), [(0.0, 0.0), (0.3, 0.0), (0.0, 0.2)]
+)  # dropout layers shift the state_dict's keys, not the weights
 def test_warm_start_keeps_the_function_under_other_pixel_statistics(
-    repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_data
+    repo: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_data,
+    source_dropout: float,
+    dropout: float,
 ) -> None:
-    source_config = MLPConfig(hidden=(32,), pixel_mean=0.28, pixel_std=0.35)
+    source_config = MLPConfig(hidden=(32,), pixel_mean=0.28, pixel_std=0.35, dropout=source_dropout)
     data = exported(tmp_path, source_config)
     monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
-    model = MLP(MLPConfig(hidden=(32,), pixel_mean=0.30, pixel_std=0.33)).eval()
+    model = MLP(MLPConfig(hidden=(32,), pixel_mean=0.30, pixel_std=0.33, dropout=dropout)).eval()
     registry.warm_start(model, repo, "v1")
     source = registry.model_from_bytes(data, "source")
     images = small_data[1].images
@@ -70,6 +78,10 @@ def test_a_model_of_another_architecture_is_refused_naming_both(
         StageError, match=r"its model is 784-32-16-10, but params\.yaml's model is 784-64-10"
     ):
         registry.warm_start(MLP(MLPConfig(hidden=(64,))), repo, "v1")
+    with pytest.raises(
+        StageError, match=r"784-32-16-10, .* is 784-32-16-10 with BatchNorm \(model\.batch_norm\)"
+    ):
+        registry.warm_start(MLP(MLPConfig(hidden=(32, 16), batch_norm=True)), repo, "v1")
 
 
 def test_a_number_yaml_read_from_a_tag_says_to_quote_it(raw_params: dict) -> None:

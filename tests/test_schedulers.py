@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -36,8 +38,30 @@ def test_every_scheduler_changes_the_lr(params: Params, name: str) -> None:
 
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_every_scheduler_trains_real_images(params: Params, small_data, name: str) -> None:
-    losses = losses_while_training(train_config(params, scheduler=name, epochs=6), small_data[0], 6)
+    steps = {"schedulers.step.step_size": 2, "schedulers.multistep.milestones": [2, 4]}
+    cfg = train_config(params, scheduler=name, epochs=6, **steps)
+    losses = losses_while_training(cfg, small_data[0], 6)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "changes", "phrase"),
+    [
+        ("multistep", {"schedulers.multistep.milestones": [3, 8]},
+         "train.schedulers.multistep.milestones = [3, 8]: milestone 8: the scheduler runs 8"),
+        ("multistep", {"schedulers.multistep.milestones": [7], "warmup_epochs": 2},
+         "milestone 7: the scheduler runs 6 epochs"),
+        ("step", {"schedulers.step.step_size": 8},
+         "train.schedulers.step.step_size = 8: the scheduler runs 8 epochs"),
+    ],
+)  # fmt: skip
+def test_a_step_the_run_never_reaches_is_refused(
+    params: Params, scheduler: str, changes: dict, phrase: str
+) -> None:
+    """A milestone at or past the last scheduled epoch never lowers the lr: silently ignored."""
+    with pytest.raises(ValueError, match=re.escape(phrase)):
+        train_config(params, scheduler=scheduler, epochs=8, **changes)
+    train_config(params, scheduler=scheduler, epochs=10, **changes)  # enough epochs: it fires
 
 
 def test_onecycle_peaks_at_the_lr_and_starts_at_its_fraction(params: Params) -> None:

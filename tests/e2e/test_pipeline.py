@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,14 @@ import pytest
 import yaml
 
 from stages.fashion_mnist import CLASSES
-from stages.paths import EXPORT_CARD, EXPORT_ONNX, TEST_DATA, TEST_METRICS
+from stages.paths import (
+    CALIBRATION_METRICS,
+    EXPORT_CARD,
+    EXPORT_DIR,
+    EXPORT_ONNX,
+    TEST_DATA,
+    TEST_METRICS,
+)
 
 from .conftest import STAGES, Project, lock_hashes, stages_run
 
@@ -28,6 +37,8 @@ def test_metrics_are_written_for_both_models(reproduced: Project) -> None:
     assert set(metrics) == {"train", "swa"}
     for model in metrics.values():
         assert 0.6 < model["accuracy"] <= 1 and 0.5 < model["f1_macro"] <= 1 and model["loss"] > 0
+        assert model["accuracy"] < model["top2_accuracy"] <= 1 and model["nll"] == model["loss"]
+        assert 0 < model["ece"] < 0.5
     shown = reproduced.run("dvc", "metrics", "show", "--json").stdout
     assert "f1_macro" in shown and "epoch_seconds" in shown
 
@@ -37,6 +48,7 @@ def test_plots_render(reproduced: Project, tmp_path: Path) -> None:
     reproduced.run("dvc", "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
     assert "Confusion matrix (test, SWA model)" in html and "Loss (train vs validation" in html
+    assert "Reliability diagram" in html
 
 
 def test_exported_onnx_model_predicts_like_the_evaluated_model(reproduced: Project) -> None:
@@ -84,3 +96,66 @@ def test_bad_params_stop_the_stage_and_keep_its_output(reproduced: Project) -> N
     )
     assert "Traceback" not in result.stderr
     assert model.read_bytes() == before
+
+
+LESSON_SNIPPET = """
+import torch
+from torch import nn
+
+class NeuralNetwork(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(28*28, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
+
+    def forward(self, x):
+        x = self.flatten(x)
+        logits = self.linear_relu_stack(x)
+        return logits
+
+model = NeuralNetwork()
+model.load_state_dict(torch.load('model_weights.pth'))
+model.eval()
+"""
+
+
+def test_the_lessons_own_code_loads_the_exported_model(reproduced: Project) -> None:
+    """The lesson's class and its load_state_dict(torch.load(...)) call, verbatim, in the export
+    folder; fed the test images in [0, 1] as ToTensor gives them, it scores what the card says."""
+    from safetensors.numpy import load_file
+
+    test = load_file(reproduced.path / TEST_DATA)
+    np.save(reproduced.path / "images.npy", (test["images"].astype(np.float32) / 255)[:, None])
+    score = LESSON_SNIPPET + (
+        "import numpy as np\n"
+        "with torch.no_grad():\n"
+        "    logits = model(torch.from_numpy(np.load('../../images.npy')))\n"
+        "np.save('../../lesson_logits.npy', logits.numpy())\n"
+    )
+    try:
+        subprocess.run(
+            [sys.executable, "-c", score], cwd=reproduced.path / EXPORT_DIR, check=True, timeout=120
+        )
+        logits = np.load(reproduced.path / "lesson_logits.npy")
+    finally:
+        for name in ("images.npy", "lesson_logits.npy"):
+            (reproduced.path / name).unlink(missing_ok=True)
+    card = json.loads(reproduced.read(str(EXPORT_CARD)))
+    accuracy = float((logits.argmax(1) == test["labels"]).mean())
+    assert accuracy == pytest.approx(card["test_metrics"]["swa"]["accuracy"], abs=1e-4)
+    assert card["lesson_layout"]["parity"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_calibration_is_fitted_on_validation_and_reported(reproduced: Project) -> None:
+    calibration = json.loads(reproduced.read(str(CALIBRATION_METRICS)))
+    assert calibration["fitted_on"] == "validation split" and calibration["temperature"] > 0
+    val = calibration["validation"]
+    assert val["after"]["nll"] <= val["before"]["nll"]
+    shown = reproduced.run("dvc", "metrics", "show", "--json").stdout
+    assert "temperature" in shown
