@@ -12,16 +12,13 @@ the run-cache. About 2-3 minutes a run here, LBFGS about 4x that; 17 runs in all
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pipeline import ENV, ROOT
+from bench._experiments import fresh_clone, metrics_of, run_queued
+from bench.pipeline import ROOT
 from stages.losses import LOSSES
 from stages.optimizers import OPTIMIZERS
 from stages.params import load_params
@@ -36,27 +33,8 @@ def runs() -> dict[str, dict[str, str]]:
     return chosen | {f"loss-{name}": {"train.loss": name} for name in others}
 
 
-def dvc(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["dvc", *args], cwd=repo, env=ENV, check=True, capture_output=True, text=True
-    ).stdout
-
-
-def finished(repo: Path, names: set[str]) -> dict[str, dict]:
-    """The named experiments that have finished: name -> their dvc exp show data."""
-    done = {}
-    for row in json.loads(dvc(repo, "exp", "show", "--json")):
-        for exp in row.get("experiments") or []:
-            state = (exp.get("executor") or {}).get("state")
-            for rev in exp["revs"]:
-                name = rev.get("name") or exp.get("name")
-                if name in names and state in (None, "success", "failed"):
-                    done[name] = rev.get("data") or {}
-    return done
-
-
 def row(name: str, overrides: dict[str, str], data: dict) -> str:
-    metrics = {path: m.get("data", {}) for path, m in data.get("metrics", {}).items()}
+    metrics = metrics_of(data)
     params = data["params"]["params.yaml"]["data"]["train"]
     test, resources = metrics.get("metrics/test.json"), metrics.get("metrics/resources/train.json")
     if not test:
@@ -80,24 +58,10 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         wanted = {n: o for n, o in wanted.items() if n.split("-", 1)[1] in keep}
-    with tempfile.TemporaryDirectory(prefix="bench-toolbox-") as tmp:
-        repo = Path(tmp) / "project"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
-        dvc(repo, "repro", "split")  # shared by every run (and in the run-cache)
-        for name, overrides in wanted.items():
-            flags = [a for k, v in overrides.items() for a in ("-S", f"{k}={v}")]
-            dvc(repo, "exp", "run", "--queue", "-n", name, *flags)
-        # the worker it starts inherits its stdout: capturing it would wait for the whole queue
-        subprocess.run(
-            ["dvc", "queue", "start", "--jobs", "1"], cwd=repo, env=ENV, check=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        done: dict[str, dict] = {}
-        while len(done) < len(wanted):
-            time.sleep(30)
-            for name, data in finished(repo, set(wanted) - set(done)).items():
-                done[name] = data
-                print(row(name, wanted[name], data), flush=True)
+    with fresh_clone("bench-toolbox-") as repo:
+        done = run_queued(
+            repo, wanted, lambda name, data: print(row(name, wanted[name], data), flush=True)
+        )
     header = [
         "| option | trained acc | exported acc | epoch s (median) | params used |",
         "|---|---|---|---|---|",

@@ -1,0 +1,90 @@
+"""Does weight averaging earn its place? Plain training against train + SWA and train + EMA at
+the same total epochs, over several seeds, on the full data, as queued DVC experiments.
+
+    uv run python bench/averaging.py [--seeds 3] [--arms plain,swa,ema,swa-cosine]
+
+Prints, per arm, the exported model's test accuracy as mean ± std over the seeds, the wall
+time of train + swa, and each arm's difference from plain training with its spread (the
+standard error of a difference of two means). The swa and ema arms share their train stage
+(same params), which the run-cache then restores instead of training twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._experiments import fresh_clone, metrics_of, run_queued
+from stages.params import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def arms() -> dict[str, dict[str, object]]:
+    """Arm name -> its -S overrides; every arm trains train.epochs + swa.epochs in all."""
+    defaults = load_params(ROOT / "params.yaml")
+    total = defaults.train.epochs + defaults.swa.epochs
+    averaged = {"train.epochs": defaults.train.epochs, "swa.epochs": defaults.swa.epochs}
+    return {
+        "plain": {"train.epochs": total, "swa.epochs": 0},
+        "swa": averaged | {"swa.strategy": "swa"},
+        "ema": averaged | {"swa.strategy": "ema"},
+        # the SWA paper's recipe: a schedule that does not anneal to zero, then a constant lr
+        "swa-cosine": averaged | {
+            "swa.strategy": "swa", "train.scheduler": "cosine",
+            "train.schedulers.cosine.eta_min": 0.0005, "swa.lr": 0.0005, "swa.anneal_epochs": 0,
+        },
+    }  # fmt: skip
+
+
+def summary(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--arms", default="plain,swa,ema,swa-cosine")
+    args = parser.parse_args()
+    chosen = {name: overrides for name, overrides in arms().items() if name in args.arms.split(",")}
+    runs = {
+        f"{arm}-seed{seed}": overrides | {"train.seed": seed, "swa.seed": seed}
+        for seed in range(args.seeds)
+        for arm, overrides in chosen.items()
+    }
+    with fresh_clone("bench-averaging-") as repo:
+        done = run_queued(repo, runs, lambda name, data: print(f"finished {name}", flush=True))
+
+    accuracy: dict[str, list[float]] = {arm: [] for arm in chosen}
+    seconds: dict[str, list[float]] = {arm: [] for arm in chosen}
+    for name, data in done.items():
+        arm = name.rsplit("-seed", 1)[0]
+        metrics = metrics_of(data)
+        if "metrics/test.json" not in metrics:
+            print(f"{name} failed")
+            continue
+        accuracy[arm].append(metrics["metrics/test.json"]["swa"]["accuracy"])
+        seconds[arm].append(
+            sum(metrics[f"metrics/resources/{s}.json"]["seconds"] for s in ("train", "swa"))
+        )
+    print(f"\nexported test accuracy over {args.seeds} seeds (train.seed = swa.seed = 0..)")
+    print("| arm | overrides | test accuracy | train + swa s | vs plain |")
+    print("|---|---|---|---|---|")
+    plain_mean, plain_std = summary(accuracy.get("plain") or [0.0])
+    for arm, values in accuracy.items():
+        mean, std = summary(values)
+        spread = (std**2 / len(values) + plain_std**2 / len(accuracy["plain"])) ** 0.5
+        versus = "" if arm == "plain" else f"{mean - plain_mean:+.4f} ± {spread:.4f}"
+        shown = ", ".join(f"{k}={v}" for k, v in chosen[arm].items())
+        print(
+            f"| {arm} | {shown} | {mean:.4f} ± {std:.4f} | "
+            f"{statistics.median(seconds[arm]):.0f} | {versus} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
