@@ -33,10 +33,10 @@ lint: setup ## ruff lint and format check
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
 
-exps: ## compare experiments: test scores, times and the params that differ
+exps: ## compare experiments: test scores and the params that differ
 	@$(UV) run --no-sync dvc exp show --only-changed --precision 4 \
 		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
-		--keep 'accuracy|f1_macro|train.json:seconds'
+		--keep 'accuracy|f1_macro'
 
 JOBS ?= 2
 queue: ## run the queued experiments, JOBS workers (default 2), each on its share of the cores

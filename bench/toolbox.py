@@ -1,17 +1,20 @@
 """Every optimizer and every loss on the full data with the default epochs, as queued DVC
 experiments, into a README-ready table (docs/toolbox.md): test accuracy of the trained and the
-exported model, median seconds per training epoch, and the params each run used.
+exported model, seconds per training epoch, and the params each run used.
 
-    uv run python bench/toolbox.py [--only adamw,mse] [--out docs/toolbox.md]
+    uv run python bench/toolbox.py [--only adamw,mse] [--timing-only] [--out docs/toolbox.md]
 
-Runs in a fresh clone of HEAD under a temporary directory; the queue runs one experiment at a
-time (`--jobs 1`) so the epoch times are comparable. Each run reuses download and split from
-the run-cache. About 2-3 minutes a run here, LBFGS about 4x that; 17 runs in all.
+Runs in a fresh clone of HEAD under a temporary directory. First the epoch times, side by side
+in this process before any experiment runs (the train stage's loop on the full training split,
+median of 3 epochs each, one option after another); then the experiments, queued and run one at
+a time. Each reuses download and split from the run-cache. About 2-3 minutes a run here, LBFGS
+about 4x that; 17 runs in all.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,18 +36,35 @@ def runs() -> dict[str, dict[str, str]]:
     return chosen | {f"loss-{name}": {"train.loss": name} for name in others}
 
 
-def row(name: str, overrides: dict[str, str], data: dict) -> str:
+def epoch_seconds(repo: Path, wanted: dict[str, dict[str, str]]) -> dict[str, float]:
+    """Name -> median seconds of a training epoch with its overrides, measured one after
+    another in this process (torch's threads alone on the machine)."""
+    from bench.epoch_time import median_seconds, project_epoch
+    from stages.data import load_split
+    from stages.paths import TRAIN_DATA
+
+    os.chdir(repo)  # project_epoch reads the clone's params.yaml
+    data = load_split(TRAIN_DATA)
+    seconds = {}
+    for name, overrides in wanted.items():
+        train_keys = {k.removeprefix("train."): v for k, v in overrides.items()}
+        seconds[name] = median_seconds(project_epoch(data, **train_keys), epochs=3)
+        print(f"{name}: {seconds[name]:.2f} s/epoch", flush=True)
+    return seconds
+
+
+def row(name: str, overrides: dict[str, str], data: dict, seconds: float) -> str:
     metrics = metrics_of(data)
     params = data["params"]["params.yaml"]["data"]["train"]
-    test, resources = metrics.get("metrics/test.json"), metrics.get("metrics/resources/train.json")
+    test = metrics.get("metrics/test.json")
     if not test:
-        return f"| `{name}` | failed | | | |"
+        return f"| `{name}` | failed | | {seconds:.2f} | |"
     used = params["optimizers"][params["optimizer"]]
     shown = ", ".join(f"{k} {v}" for k, v in used.items() if k in ("lr", "weight_decay"))
     option = " ".join(f"`{k}={v}`" for k, v in overrides.items())
     return (
         f"| {option} | {test['train']['accuracy']:.4f} | {test['swa']['accuracy']:.4f} | "
-        f"{resources['epoch_seconds']:.2f} | {params['optimizer']} ({shown}), {params['loss']}, "
+        f"{seconds:.2f} | {params['optimizer']} ({shown}), {params['loss']}, "
         f"{params['scheduler']}, {params['epochs']} epochs |"
     )
 
@@ -52,6 +72,7 @@ def row(name: str, overrides: dict[str, str], data: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated names (optimizers or losses) to run")
+    parser.add_argument("--timing-only", action="store_true", help="epoch times, no experiments")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "toolbox.md")
     args = parser.parse_args()
     wanted = runs()
@@ -59,14 +80,19 @@ def main() -> None:
         keep = set(args.only.split(","))
         wanted = {n: o for n, o in wanted.items() if n.split("-", 1)[1] in keep}
     with fresh_clone("bench-toolbox-") as repo:
+        seconds = epoch_seconds(repo, wanted)
+        if args.timing_only:
+            return
         done = run_queued(
-            repo, wanted, lambda name, data: print(row(name, wanted[name], data), flush=True)
+            repo,
+            wanted,
+            lambda name, data: print(row(name, wanted[name], data, seconds[name]), flush=True),
         )
     header = [
-        "| option | trained acc | exported acc | epoch s (median) | params used |",
+        "| option | trained acc | exported acc | epoch s (side by side) | params used |",
         "|---|---|---|---|---|",
     ]
-    table = "\n".join([*header, *(row(n, wanted[n], done[n]) for n in wanted)])
+    table = "\n".join([*header, *(row(n, wanted[n], done[n], seconds[n]) for n in wanted)])
     args.out.write_text(table + "\n")
     print(f"wrote {args.out}")
 

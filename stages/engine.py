@@ -384,8 +384,8 @@ class EpochLog:
             write_csv(Path(self.live.dir) / name, rows)
 
     def resources(self) -> dict[str, float]:
-        """Wall-clock time and peak memory, for `dvc exp show`; the one output that differs run
-        to run."""
+        """Wall-clock time and peak memory: they differ run to run, so they are printed and
+        written beside the outputs, never versioned (dvc.yaml)."""
         epochs = self.epoch_seconds
         median = statistics.median(epochs) if epochs else 0.0
         return {
@@ -398,7 +398,12 @@ class EpochLog:
     def close(self) -> None:
         self.bar.close()
         if not self.quiet:
-            print(f"{self.name}: {time.perf_counter() - self.started:.1f} s", flush=True)
+            used = self.resources()
+            print(
+                f"{self.name}: {used['seconds']:.1f} s, {used['epoch_seconds']:.2f} s per epoch "
+                f"(median), peak RSS {used['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
