@@ -13,8 +13,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.functional.classification import multiclass_calibration_error
+
+from stages.cli import StageError
 
 BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -28,16 +29,18 @@ def calibration_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def reliability_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[dict[str, float]]:
     """The reliability diagram's data: per non-empty confidence bin, the mean confidence, the
-    accuracy and the share of images (the same bins as the ECE)."""
+    accuracy and the share of images. The bins are torchmetrics' for the ECE: float32
+    confidences, left-closed bins [k/15, (k+1)/15), and a bin of its own for exactly 1.0."""
     confidence, preds = logits.double().softmax(1).max(1)
+    confidence = confidence.float()
     correct = (preds == labels).double()
-    bins = (confidence * BINS).ceil().clamp(1, BINS).long() - 1
+    bins = torch.bucketize(confidence, torch.linspace(0, 1, BINS + 1), right=True) - 1
     rows = []
-    for b in range(BINS):
+    for b in range(BINS + 1):
         members = bins == b
         if members.any():
             rows.append({
-                "confidence": round(confidence[members].mean().item(), 6),
+                "confidence": round(confidence[members].double().mean().item(), 6),
                 "accuracy": round(correct[members].mean().item(), 6),
                 "share": round(members.double().mean().item(), 6),
             })  # fmt: skip
@@ -46,7 +49,14 @@ def reliability_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[dict[st
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The T in TEMPERATURE_RANGE that minimizes the mean NLL of logits / T. The NLL is convex
-    in 1/T, so a golden-section search over 1/T finds it; in float64, deterministic."""
+    in 1/T, so a golden-section search over 1/T finds it; in float64, deterministic. A minimum
+    at the range's edge (a validation split the model gets all right, degenerate logits) or a
+    non-finite NLL is refused: the fit would ship a model far more confident than it is."""
+    if not torch.isfinite(logits).all():
+        raise StageError(
+            "export.calibrate: the model's validation logits are not all finite, so no "
+            "temperature can be fitted: retrain with a lower lr, or set export.calibrate: false"
+        )
 
     def nll(inverse: float) -> float:
         return F.cross_entropy(logits.double() * inverse, labels).item()
@@ -64,15 +74,20 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             low, a, nll_a = a, b, nll_b
             b = low + ratio * (high - low)
             nll_b = nll(b)
-    return 1 / ((low + high) / 2)
+    temperature = 1 / ((low + high) / 2)
+    if not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01:
+        raise StageError(
+            f"export.calibrate: the temperature that fits the validation split best lies at "
+            f"the edge of {TEMPERATURE_RANGE} (T = {temperature:.3g}): with {len(labels)} "
+            f"images (split.val_size) of which the model gets {validation_accuracy(logits, labels):.1%} "
+            "right, there is nothing to calibrate against. Use a larger split.val_size, or set "
+            "export.calibrate: false"
+        )
+    return temperature
 
 
-@torch.no_grad()
-def fold_temperature(model: nn.Module, temperature: float) -> None:
-    """Divide the model's logits by `temperature`: its last linear layer's weights and bias."""
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
-    last.weight.div_(temperature)
-    last.bias.div_(temperature)
+def validation_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).double().mean().item()
 
 
 def calibration_report(

@@ -49,6 +49,14 @@ def shard(t: torch.Tensor) -> torch.Tensor:
     return t.tensor_split(world_size())[rank()] if dist.is_initialized() else t
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) into every process: DDP syncs them
+    only at the start of a forward, so after an epoch each rank holds its own last share's."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """`t` summed over all processes, in place; unchanged in a single process."""
     if dist.is_initialized():

@@ -29,7 +29,15 @@ from tqdm import tqdm
 
 from stages.cli import StageError
 from stages.data import Images
-from stages.distributed import all_reduce_sum, is_main, rank, shard, unwrap, world_size
+from stages.distributed import (
+    all_reduce_sum,
+    broadcast_buffers,
+    is_main,
+    rank,
+    shard,
+    unwrap,
+    world_size,
+)
 from stages.files import atomic_dir, write_csv, write_json
 from stages.losses import LossFn
 from stages.model import predict_logits
@@ -180,12 +188,18 @@ def step(
     first: list[tuple[torch.Tensor, torch.Tensor]] = []
     closing = needs_closure(optimizer)
     # LBFGS evaluates the closure several times per step: each evaluation must see the same
-    # function, so the dropout masks are redrawn from the same RNG state every time
+    # function, so the dropout masks are redrawn from the same RNG state every time, and
+    # BatchNorm's running statistics take one update per step, from the first evaluation
     replay_dropout = _rng_replayer(x.device) if closing else None
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)] if closing else []
+    momenta = [m.momentum for m in norms]
 
     def closure() -> torch.Tensor:
         if replay_dropout is not None:
             replay_dropout()
+        if first:
+            for norm in norms:
+                norm.momentum = 0.0  # running = (1 - 0) x running: unchanged
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
             loss = loss_fn(logits, y) if len(y) else logits.sum()  # a share can be empty
@@ -198,6 +212,8 @@ def step(
 
     if closing:
         optimizer.step(closure)
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
     else:
         closure()
         optimizer.step()
@@ -218,7 +234,9 @@ def _rng_replayer(device: torch.device) -> Callable[[], None]:
 
 
 def evaluate(model: nn.Module, data: Images) -> Stats:
-    """Plain cross-entropy and accuracy, comparable with the test metrics of the evaluate stage."""
+    """Plain cross-entropy and accuracy, comparable with the test metrics of the evaluate stage.
+    Every process scores its share with rank 0's model, buffers included."""
+    broadcast_buffers(model)
     images, labels = shard(data.images), shard(data.labels)
     logits = predict_logits(model, images)
     totals = torch.stack([

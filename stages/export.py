@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from stages.calibration import calibration_report, fold_temperature
+from stages.calibration import calibration_report
 from stages.checkpoints import load_model, save_model
 from stages.cli import StageError, run_stage
 from stages.data import Images, load_split
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_dir, copy_file, sha256_file, write_json
+from stages.files import atomic_dir, atomic_path, copy_file, sha256_file, write_json
 from stages.lesson import NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
-from stages.model import MLP, MLPConfig, predict_logits
+from stages.model import MLP, MLPConfig, fold_temperature, predict_logits
 from stages.params import Export, Params, load_params
 from stages.paths import (
     CALIBRATION_METRICS,
@@ -165,7 +165,8 @@ def write_lesson_layout(
         disagree_hint="a bug in folding the model into the lesson's layers (stages/lesson.py)",
     )  # fmt: skip
     (staging / EXPORT_LESSON_PTH.name).write_bytes(data)
-    save_file(state, staging / EXPORT_LESSON_WEIGHTS.name)
+    with atomic_path(staging / EXPORT_LESSON_WEIGHTS.name) as tmp:  # 0644, as the others
+        save_file(state, tmp)
     return {
         "files": [EXPORT_LESSON_PTH.name, EXPORT_LESSON_WEIGHTS.name],
         "load": "model = NeuralNetwork(); model.load_state_dict(torch.load('model_weights.pth'))",

@@ -92,3 +92,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 409
     """Logits in eval mode, in batches so memory stays flat for any number of images."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def fold_temperature(model: nn.Module, temperature: float) -> None:
+    """Divide the model's logits by `temperature`: its last linear layer's weights and bias."""
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    last.weight.div_(temperature)
+    last.bias.div_(temperature)

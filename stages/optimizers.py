@@ -124,7 +124,7 @@ class Rprop(OptimizerArgs):
 
 class Lbfgs(OptimizerArgs):
     """Quasi-Newton steps on each mini-batch: every optimizer step re-evaluates the batch's loss
-    (a closure) up to `max_iter` times, plus the line search's extra evaluations."""
+    (a closure) at most `max_iter` x 5/4 times (torch's max_eval, the line search included)."""
 
     max_iter: PositiveInt
     history_size: PositiveInt

@@ -19,7 +19,7 @@ import torch
 
 from stages.checkpoints import load_model as load_model_file
 from stages.cli import StageError
-from stages.model import MLP
+from stages.model import MLP, fold_temperature
 from stages.paths import EXPORT_WEIGHTS
 
 
@@ -44,15 +44,15 @@ def read_model_bytes(
 
 def load_model(rev: str | None = None, repo: str | None = None) -> MLP:
     """The exported model of `rev` in `repo` (default: this repository's workspace), in eval mode."""
-    return model_from_bytes(read_model_bytes(rev, repo), f"{EXPORT_WEIGHTS} at {rev}")
+    return model_from_bytes(read_model_bytes(rev, repo), f"{EXPORT_WEIGHTS} at {rev}")[0]
 
 
-def model_from_bytes(data: bytes, name: str) -> MLP:
+def model_from_bytes(data: bytes, name: str) -> tuple[MLP, dict]:
+    """The model a file's bytes hold, and the rest of its metadata."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / EXPORT_WEIGHTS.name
         path.write_bytes(data)
-        model, _ = load_model_file(path, name=name)
-    return model
+        return load_model_file(path, name=name)
 
 
 def _git(*args: str) -> str | None:
@@ -81,10 +81,14 @@ def fixed_commit(rev: str, key: str) -> str:
 
 
 def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> None:
-    """Load the exported weights of `commit` (what `rev` names) into `model`, layer by layer:
-    dropout may differ (it has no weights), the layers may not. A model of another
+    """Load the exported weights of `commit` (what `rev` names) into `model`, layer by layer,
+    without the export's calibration temperature: dropout may differ (it has no weights), the
+    layers may not. A model of another
     architecture is refused with both shapes."""
-    source = model_from_bytes(read_model_bytes(commit), f"{EXPORT_WEIGHTS} at {rev}")
+    source, info = model_from_bytes(read_model_bytes(commit), f"{EXPORT_WEIGHTS} at {rev}")
+    # export folds a calibration temperature into the last layer; training starts from the
+    # uncalibrated network (the temperature was fitted on the validation split it ranks on)
+    fold_temperature(source, 1 / info.get("temperature", 1.0))
     ours, theirs = _weighted_layers(model), _weighted_layers(source)
     if [_shapes(m) for m in ours] != [_shapes(m) for m in theirs]:
         fix = (

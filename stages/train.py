@@ -107,7 +107,8 @@ def train(params: Params, device: torch.device) -> None:
             if averaged is not None:
                 load_average(averaged, model, optimizer)
 
-        average()
+        wrapped = wrap(model, device)
+        average()  # after DDP's wrap, which gives every rank rank 0's (warm-started) weights
 
         def last_lr() -> float:
             """The lr the last batch used (the optimizer's may be one step ahead)."""
@@ -132,7 +133,7 @@ def train(params: Params, device: torch.device) -> None:
                 print(f"train: resuming after epoch {resumed.epoch} from {TRAIN_RESUME}")
             log.replay(resumed.history)
         last = fit(
-            wrap(model, device), train_data, val_data, build_loss(cfg), optimizer, log,
+            wrapped, train_data, val_data, build_loss(cfg), optimizer, log,
             epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, stage="train",
             lr_key=f"train.lr, or train.optimizers.{cfg.optimizer}.lr", augmentation=cfg.augment,
             bf16=cfg.bf16, after_step=schedule.after_batch, first_epoch=done + 1,

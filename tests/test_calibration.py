@@ -14,6 +14,7 @@ from stages.calibration import (
     fit_temperature,
     reliability_rows,
 )
+from stages.cli import StageError
 
 
 def logits_with_confidence(confidence: float, n: int, classes: int = 10) -> torch.Tensor:
@@ -37,7 +38,7 @@ def test_reliability_rows_cover_every_image_once() -> None:
     logits = torch.randn(5000, 10, generator=torch.Generator().manual_seed(0)) * 3
     labels = torch.randint(0, 10, (5000,), generator=torch.Generator().manual_seed(1))
     rows = reliability_rows(logits, labels)
-    assert 1 < len(rows) <= BINS and sum(r["share"] for r in rows) == pytest.approx(1, abs=1e-5)
+    assert 1 < len(rows) <= BINS + 1 and sum(r["share"] for r in rows) == pytest.approx(1, abs=1e-5)
     confidences = [r["confidence"] for r in rows]
     assert confidences == sorted(confidences)
     shares = torch.tensor([r["share"] for r in rows], dtype=torch.float64)
@@ -71,3 +72,28 @@ def test_temperature_scaling_lowers_the_nll_and_changes_no_prediction() -> None:
     unfitted = calibration_report(val, test, fit=False)
     assert unfitted["temperature"] == 1.0
     assert unfitted["test"]["before"] == unfitted["test"]["after"]
+
+
+def test_the_diagram_bins_are_the_eces_even_for_confident_models() -> None:
+    """torchmetrics bins float32 confidences: 1 - 1e-9 is exactly 1.0, a bin of its own."""
+    logits = torch.cat([logits_with_confidence(0.95, 1000), logits_with_confidence(1 - 1e-9, 1000)])
+    labels = torch.zeros(2000, dtype=torch.long)
+    labels[1000:1050] = 1  # 95 % right at (almost) 100 % confidence
+    rows = reliability_rows(logits, labels)
+    gaps = sum(r["share"] * abs(r["accuracy"] - r["confidence"]) for r in rows)
+    assert len(rows) == 2 and gaps == pytest.approx(calibration_error(logits, labels), abs=1e-5)
+    assert calibration_error(logits, labels) == pytest.approx(0.05, abs=1e-4)
+
+
+@pytest.mark.parametrize("case", ["all right", "constant", "nan"])
+def test_a_temperature_at_the_edge_of_its_range_is_refused(case: str) -> None:
+    """A validation split the model gets all right pushes T to its bound: the export would be
+    20 times more confident than the model. Refused, with what to do."""
+    logits = torch.randn(50, 10, generator=torch.Generator().manual_seed(0))
+    labels = logits.argmax(1)
+    if case == "constant":
+        logits = torch.zeros(50, 10)
+    if case == "nan":
+        logits[3, 2] = float("nan")
+    with pytest.raises(StageError, match=r"export\.calibrate"):
+        fit_temperature(logits, labels)

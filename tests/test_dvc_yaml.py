@@ -73,13 +73,14 @@ def all_declared_paths() -> set[str]:
 
 
 # Written by train and swa but deliberately no outs: wall-clock figures would change dvc.lock on
-# every run. They are git-ignored instead, and dvc.yaml's metrics list them for the workspace.
+# every run. They are git-ignored instead, and not in dvc.yaml's metrics, which DVC reads from
+# every revision (where they never are).
 UNVERSIONED = {str(paths.TRAIN_RESOURCES), str(paths.SWA_RESOURCES)}
 
 
 def test_wall_clock_figures_are_neither_outs_nor_in_git() -> None:
     assert not UNVERSIONED & all_declared_paths()
-    assert set(DVC_YAML["metrics"]) >= UNVERSIONED
+    assert not UNVERSIONED & set(DVC_YAML["metrics"])
     ignored = subprocess.run(
         ["git", "check-ignore", *UNVERSIONED], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()

@@ -11,9 +11,15 @@ from stages.export import check_finite, check_parity, export_onnx, onnx_logits
 from stages.model import MLP, MLPConfig, predict_logits
 
 
-def test_onnx_matches_pytorch_for_any_batch_size(tmp_path: Path, small_data) -> None:
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_onnx_matches_pytorch_for_any_batch_size(tmp_path: Path, small_data, batch_norm) -> None:
     torch.manual_seed(0)
-    model = MLP(MLPConfig(hidden=(64, 32), dropout=0.3)).eval()
+    model = MLP(MLPConfig(hidden=(64, 32), dropout=0.3, batch_norm=batch_norm))
+    with torch.no_grad():  # running statistics far from BatchNorm's initial 0 and 1
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    model.eval()
     export_onnx(model, tmp_path / "m.onnx", opset=18)
     for n in (1, 7, 200):  # the batch axis is dynamic
         images = small_data[1].images[:n].unsqueeze(1)

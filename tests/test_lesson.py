@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from stages.calibration import fold_temperature
 from stages.lesson import NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
-from stages.model import MLP, MLPConfig
+from stages.model import MLP, MLPConfig, fold_temperature
 
 
 class LessonNeuralNetwork(nn.Module):

@@ -111,3 +111,19 @@ def test_asgd_is_scored_and_written_as_its_running_average(
     assert torch.equal(model.net[1].weight, after_steps[-1])  # training goes on unaveraged
     sgd = build_optimizer(model.parameters(), train_config(params, optimizer="sgd"), 0.1)
     assert averaged_copy(model, sgd) is None
+
+
+def test_lbfgs_updates_batch_norm_statistics_once_per_step(params: Params, small_data) -> None:
+    """The closure runs several times per step, line-search trials included: BatchNorm's
+    running statistics take one update, from the first evaluation (the weights before the step)."""
+    cfg = train_config(params, optimizer="lbfgs")
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(32,), batch_norm=True, pixel_mean=0.3, pixel_std=0.35))
+    opt = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
+    x, y = small_data[0].images[:128], small_data[0].labels[:128]
+    with torch.no_grad():
+        first = model.net[1](model.net[0]((x - 0.3) / 0.35)).mean(0)
+    norm = model.net[2]
+    step(model, x, y, build_loss(cfg), opt, 1.0, bf16=False)
+    torch.testing.assert_close(norm.running_mean, 0.1 * first)  # from 0: one update of 0.1
+    assert norm.momentum == 0.1

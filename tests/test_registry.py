@@ -11,7 +11,7 @@ import torch
 from stages import registry
 from stages.checkpoints import save_model
 from stages.cli import StageError
-from stages.model import MLP, MLPConfig
+from stages.model import MLP, MLPConfig, fold_temperature
 
 
 @pytest.fixture()
@@ -64,7 +64,7 @@ def test_warm_start_keeps_the_function_under_other_pixel_statistics(
     monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
     model = MLP(MLPConfig(hidden=(32,), pixel_mean=0.30, pixel_std=0.33, dropout=dropout)).eval()
     registry.warm_start(model, repo, "v1")
-    source = registry.model_from_bytes(data, "source")
+    source, _ = registry.model_from_bytes(data, "source")
     images = small_data[1].images
     torch.testing.assert_close(model(images), source(images), atol=1e-5, rtol=1e-5)
 
@@ -97,3 +97,20 @@ def test_a_name_git_would_read_as_an_option_is_refused_by_the_schema(
     from .conftest import error_of_params
 
     assert "train.init" in error_of_params(raw_params, {"train.init": rev})
+
+
+def test_warm_start_undoes_the_exports_calibration_temperature(
+    repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_data
+) -> None:
+    torch.manual_seed(1)
+    trained = MLP(MLPConfig(hidden=(32,))).eval()
+    calibrated = MLP(MLPConfig(hidden=(32,))).eval()
+    calibrated.load_state_dict(trained.state_dict())
+    fold_temperature(calibrated, 2.5)
+    save_model(calibrated, tmp_path / "m.safetensors", {"temperature": 2.5})
+    data = (tmp_path / "m.safetensors").read_bytes()
+    monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
+    model = MLP(MLPConfig(hidden=(32,))).eval()
+    registry.warm_start(model, repo, "v1")
+    images = small_data[1].images
+    torch.testing.assert_close(model(images), trained(images), atol=1e-5, rtol=1e-5)

@@ -80,20 +80,26 @@ def test_exp_diff_and_plots_diff_compare_with_the_baseline(
 
 
 def test_the_lessons_lbfgs_and_lambda_schedule_run_as_an_experiment(reproduced: Project) -> None:
-    """LBFGS with a LambdaLR formula and early stopping that keeps the best epoch, all by -S."""
+    """LBFGS with a LambdaLR formula and early stopping that keeps the best epoch, BatchNorm and
+    an EMA finalization, all by -S."""
     early = "{metric: val/acc, mode: max, patience: 1, min_delta: 0.5}"  # stops after epoch 2
     result = reproduced.run(
         "dvc", "exp", "run", "-n", "lbfgs-lambda",
         "-S", "train.optimizer=lbfgs", "-S", "train.scheduler=lambda",
         "-S", "train.schedulers.lambda.formula=0.5 ** epoch", "-S", "train.epochs=3",
         "-S", f"train.early_stopping={early}", "-S", "train.keep=best",
+        "-S", "model.batch_norm=true", "-S", "swa.strategy=ema",
     )  # fmt: skip
     lr_lines = [line for line in result.stdout.splitlines() if line.startswith("train epoch")]
     try:
         exp = experiments(reproduced)["lbfgs-lambda"]
         lrs = reproduced.read("metrics/train/lr_per_batch.csv").splitlines()[1:]
+        card = json.loads(reproduced.read("models/export/model_card.json"))
     finally:
         restore_workspace(reproduced)
+    # BatchNorm, folded into the lesson's layers, still matches ONNX and the lesson's class
+    assert card["architecture"]["batch_norm"] and card["params"]["swa"]["strategy"] == "ema"
+    assert card["onnx_parity"]["predictions_equal"] and card["lesson_layout"]["parity"]
     assert exp["params"]["train"]["optimizer"] == "lbfgs"
     assert exp["metrics"]["metrics/test.json"]["train"]["accuracy"] > 0.5  # chance is 0.1
     summary = exp["metrics"]["metrics/train/metrics.json"]

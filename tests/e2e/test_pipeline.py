@@ -40,7 +40,8 @@ def test_metrics_are_written_for_both_models(reproduced: Project) -> None:
         assert model["accuracy"] < model["top2_accuracy"] <= 1 and model["nll"] == model["loss"]
         assert 0 < model["ece"] < 0.5
     shown = reproduced.run("dvc", "metrics", "show", "--json").stdout
-    assert "f1_macro" in shown and "epoch_seconds" in shown
+    assert "f1_macro" in shown and "ece" in shown
+    assert "epoch_seconds" not in shown and "error" not in shown  # no unversioned file listed
 
 
 def test_plots_render(reproduced: Project, tmp_path: Path) -> None:
