@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from stages.cli import StageError
-
 BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
 """Where the fit looks: beyond it a model is broken, not miscalibrated."""
@@ -47,16 +45,14 @@ def reliability_rows(logits: torch.Tensor, labels: torch.Tensor) -> list[dict[st
     return rows
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T in TEMPERATURE_RANGE that minimizes the mean NLL of logits / T. The NLL is convex
-    in 1/T, so a golden-section search over 1/T finds it; in float64, deterministic. A minimum
-    at the range's edge (a validation split the model gets all right, degenerate logits) or a
-    non-finite NLL is refused: the fit would ship a model far more confident than it is."""
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, str]:
+    """The T in TEMPERATURE_RANGE that minimizes the mean NLL of logits / T, and where it came
+    from. The NLL is convex in 1/T, so a golden-section search over 1/T finds it; in float64,
+    deterministic. A minimum at the range's edge (a validation split the model gets all right,
+    an untrained model, degenerate logits) or non-finite logits leave T = 1 with the reason:
+    such a fit would ship a model far more (or less) confident than it is."""
     if not torch.isfinite(logits).all():
-        raise StageError(
-            "export.calibrate: the model's validation logits are not all finite, so no "
-            "temperature can be fitted: retrain with a lower lr, or set export.calibrate: false"
-        )
+        return 1.0, "not fitted: the validation logits are not all finite"
 
     def nll(inverse: float) -> float:
         return F.cross_entropy(logits.double() * inverse, labels).item()
@@ -76,18 +72,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
             nll_b = nll(b)
     temperature = 1 / ((low + high) / 2)
     if not TEMPERATURE_RANGE[0] * 1.01 < temperature < TEMPERATURE_RANGE[1] / 1.01:
-        raise StageError(
-            f"export.calibrate: the temperature that fits the validation split best lies at "
-            f"the edge of {TEMPERATURE_RANGE} (T = {temperature:.3g}): with {len(labels)} "
-            f"images (split.val_size) of which the model gets {validation_accuracy(logits, labels):.1%} "
-            "right, there is nothing to calibrate against. Use a larger split.val_size, or set "
-            "export.calibrate: false"
+        accuracy = (logits.argmax(1) == labels).double().mean().item()
+        return 1.0, (
+            f"not fitted: the best T lies at the edge of {TEMPERATURE_RANGE} ({temperature:.3g}) "
+            f"for {len(labels)} validation images scored {accuracy:.1%} right; a larger "
+            "split.val_size or a trained model gives something to calibrate against"
         )
-    return temperature
-
-
-def validation_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(1) == labels).double().mean().item()
+    return round(temperature, 6), "validation split"
 
 
 def calibration_report(
@@ -95,7 +86,9 @@ def calibration_report(
 ) -> dict[str, object]:
     """The temperature (fitted on the validation (logits, labels) when `fit`, else 1) and what
     it does to the validation NLL and to the test NLL and ECE."""
-    temperature = round(fit_temperature(*val), 6) if fit else 1.0
+    temperature, fitted_on = (
+        fit_temperature(*val) if fit else (1.0, "not fitted (export.calibrate: false)")
+    )
 
     def scores(logits: torch.Tensor, labels: torch.Tensor, t: float) -> dict[str, float]:
         scaled = logits.double() / t
@@ -104,7 +97,7 @@ def calibration_report(
 
     return {
         "temperature": temperature,
-        "fitted_on": "validation split" if fit else "not fitted (export.calibrate: false)",
+        "fitted_on": fitted_on,
         "validation": {"before": scores(*val, 1.0), "after": scores(*val, temperature)},
         "test": {"before": scores(*test, 1.0), "after": scores(*test, temperature)},
     }

@@ -73,7 +73,7 @@ def draw_misclassified(
     import matplotlib.pyplot as plt
 
     wrong = torch.nonzero(preds != test.labels).flatten()[: side * side]
-    fig, axes = plt.subplots(side, side, figsize=(1.6 * side, 1.8 * side))
+    fig, axes = plt.subplots(side, side, figsize=(1.6 * side, 1.8 * side), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong.tolist(), strict=False):

@@ -248,7 +248,8 @@ def main() -> None:
         )
     write_json(CALIBRATION_METRICS, calibration)
     print(
-        f"exported the {cfg.model} model to {EXPORT_DIR}/ (temperature {temperature:g}): "
+        f"exported the {cfg.model} model to {EXPORT_DIR}/ (temperature {temperature:g}, "
+        f"{calibration['fitted_on']}): "
         f"ONNX and the lesson's NeuralNetwork match PyTorch on {parity['images']} test images "
         f"(max |diff| {max(parity['max_abs_logit_diff'], lesson['parity']['max_abs_logit_diff']):.2e})"
     )

@@ -14,7 +14,6 @@ from stages.calibration import (
     fit_temperature,
     reliability_rows,
 )
-from stages.cli import StageError
 
 
 def logits_with_confidence(confidence: float, n: int, classes: int = 10) -> torch.Tensor:
@@ -55,7 +54,9 @@ def test_the_fitted_temperature_is_the_one_the_labels_were_drawn_at(
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(40_000, 10, generator=generator) * 4
     labels = torch.multinomial((logits / true_temperature).softmax(1), 1, generator=generator)[:, 0]
-    assert fit_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.05)
+    temperature, fitted_on = fit_temperature(logits, labels)
+    assert temperature == pytest.approx(true_temperature, rel=0.05)
+    assert fitted_on == "validation split"
 
 
 def test_temperature_scaling_lowers_the_nll_and_changes_no_prediction() -> None:
@@ -85,15 +86,16 @@ def test_the_diagram_bins_are_the_eces_even_for_confident_models() -> None:
     assert calibration_error(logits, labels) == pytest.approx(0.05, abs=1e-4)
 
 
-@pytest.mark.parametrize("case", ["all right", "constant", "nan"])
-def test_a_temperature_at_the_edge_of_its_range_is_refused(case: str) -> None:
-    """A validation split the model gets all right pushes T to its bound: the export would be
-    20 times more confident than the model. Refused, with what to do."""
-    logits = torch.randn(50, 10, generator=torch.Generator().manual_seed(0))
-    labels = logits.argmax(1)
+@pytest.mark.parametrize("case", ["all right", "wrong", "constant", "nan"])
+def test_a_temperature_at_the_edge_of_its_range_is_not_used(case: str) -> None:
+    """A validation split the model gets all right pushes T to its lower bound (an export 20
+    times more confident than the model), an untrained model to its upper one: T stays 1, and
+    the report says why."""
+    logits = torch.randn(50, 10, generator=torch.Generator().manual_seed(0)) * 5
+    labels = logits.argmax(1) if case != "wrong" else (logits.argmax(1) + 1) % 10
     if case == "constant":
         logits = torch.zeros(50, 10)
     if case == "nan":
         logits[3, 2] = float("nan")
-    with pytest.raises(StageError, match=r"export\.calibrate"):
-        fit_temperature(logits, labels)
+    temperature, fitted_on = fit_temperature(logits, labels)
+    assert temperature == 1.0 and fitted_on.startswith("not fitted: ")

@@ -134,6 +134,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
 @example(changes={"train.optimizer": "adagrad", "train.scheduler": "onecycle"})  # a bug once
 @example(changes={"train.batch_size": 60, "train.epochs": 1})  # 4 steps: a 1-step warm-up
 @example(changes={"evaluate.misclassified_grid": 20, "evaluate.batch_size": 1})
+@example(changes={"evaluate.misclassified_grid": 1})  # a 1x1 grid: one Axes, no array (a bug once)
 @example(changes={"train.optimizer": "lbfgs", "train.loss": "bce", "train.scheduler": "plateau"})
 @given(changes=st.lists(CHANGE, min_size=1, max_size=5).map(dict))
 def test_params_the_schema_accepts_run_every_stage(work: Workdir, changes: dict) -> None:

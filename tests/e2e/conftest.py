@@ -28,7 +28,8 @@ SMALL = {
 def merged(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = merged(base[key], value) if isinstance(value, dict) else value
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)  # not over a null
+        out[key] = merged(base[key], value) if nested else value
     return out
 
 
