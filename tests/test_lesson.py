@@ -11,25 +11,13 @@ from torch import nn
 from stages.lesson import NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
 from stages.model import MLP, MLPConfig, fold_temperature
 
+from .toolbox import LESSON_CLASS
 
-class LessonNeuralNetwork(nn.Module):
-    """The lesson's class, verbatim."""
 
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.linear_relu_stack = nn.Sequential(
-            nn.Linear(28 * 28, 512),
-            nn.ReLU(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Linear(512, 10),
-        )
-
-    def forward(self, x):
-        x = self.flatten(x)
-        logits = self.linear_relu_stack(x)
-        return logits
+def lesson_class() -> type[nn.Module]:
+    namespace: dict = {}
+    exec(LESSON_CLASS, namespace)  # the lesson's own source
+    return namespace["NeuralNetwork"]
 
 
 def trained_looking(config: MLPConfig) -> MLP:
@@ -48,7 +36,7 @@ def test_the_lessons_own_class_loads_it_and_computes_the_same_logits(small_data)
     )
     fold_temperature(model, 1.7)
     data = torch_save_bytes(lesson_state_dict(model))
-    lesson = LessonNeuralNetwork()
+    lesson = lesson_class()()
     lesson.load_state_dict(torch.load(io.BytesIO(data)))  # the lesson's call: default weights_only
     lesson.eval()
     images = small_data[1].images.unsqueeze(1)  # ToTensor's (N, 1, 28, 28) in [0, 1]

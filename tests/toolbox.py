@@ -43,3 +43,27 @@ def losses_while_training(
         schedule.after_epoch({"val/loss": stats.loss, "val/acc": stats.accuracy})
         losses.append(stats.objective)
     return losses
+
+
+LESSON_CLASS = """
+import torch
+from torch import nn
+
+class NeuralNetwork(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(28*28, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
+
+    def forward(self, x):
+        x = self.flatten(x)
+        logits = self.linear_relu_stack(x)
+        return logits
+"""
+"""The lesson's NeuralNetwork class, verbatim, as source: tests run it as the lesson's code."""

@@ -21,6 +21,7 @@ from stages.paths import (
     TEST_METRICS,
 )
 
+from ..toolbox import LESSON_CLASS
 from .conftest import STAGES, Project, stages_run
 
 pytestmark = pytest.mark.e2e
@@ -100,31 +101,14 @@ def test_bad_params_stop_the_stage_and_keep_its_output(reproduced: Project) -> N
     assert model.read_bytes() == before
 
 
-LESSON_SNIPPET = """
-import torch
-from torch import nn
-
-class NeuralNetwork(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.flatten = nn.Flatten()
-        self.linear_relu_stack = nn.Sequential(
-            nn.Linear(28*28, 512),
-            nn.ReLU(),
-            nn.Linear(512, 512),
-            nn.ReLU(),
-            nn.Linear(512, 10),
-        )
-
-    def forward(self, x):
-        x = self.flatten(x)
-        logits = self.linear_relu_stack(x)
-        return logits
-
+LESSON_SNIPPET = (
+    LESSON_CLASS
+    + """
 model = NeuralNetwork()
 model.load_state_dict(torch.load('model_weights.pth'))
 model.eval()
 """
+)
 
 
 def test_the_lessons_own_code_loads_the_exported_model(reproduced: Project) -> None:
