@@ -28,6 +28,7 @@ def read_model_bytes(
 ) -> bytes:
     import dvc.api
     from dvc.exceptions import DvcException
+    from dvc_data.index.index import DataIndexDirError
     from scmrepo.exceptions import SCMError
 
     where = f"{repo or 'this repository'} at {rev or 'the workspace'}"
@@ -37,6 +38,14 @@ def read_model_bytes(
     except FileNotFoundError:
         raise StageError(
             f"{path} not found in {where}: was the export stage run and committed there?"
+        ) from None
+    except DataIndexDirError:
+        # dvc.lock names the model, but neither the workspace nor the DVC cache holds it
+        build = f"git checkout {rev}, then uv run dvc repro export" if rev else "make repro"
+        raise StageError(
+            f"{path} of {where} is not here: neither the workspace nor the DVC cache has it. "
+            f"Build it ({build}), or fetch it (uv run dvc pull models/export"
+            f"{f' at {rev}' if rev else ''}, which needs a DVC remote: dvc remote add -d)"
         ) from None
     except (DvcException, SCMError) as e:
         raise StageError(f"cannot read {path} from {where}: {e}") from None

@@ -160,3 +160,19 @@ def test_push_then_pull_a_tagged_model_in_a_fresh_clone(
     for name in ("model.safetensors", "model.onnx", "model_card.json"):
         assert digest(clone / EXPORT_DIR / name) == digest(tagged.path / EXPORT_DIR / name)
     assert not (clone / "models" / "train.safetensors").exists()  # only what was asked for
+
+
+def test_a_model_that_is_not_here_is_one_message_naming_what_to_run(
+    tagged: Project, tmp_path: Path
+) -> None:
+    """A fresh clone before `make repro` or `dvc pull`: dvc.lock names the model, no cache holds
+    it. predict says what to run, exit 2, instead of DVC's 78-line traceback."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(tagged.path), str(clone)], check=True, env=tagged.env)
+    image = tmp_path / "shirt.png"
+    Image.fromarray(load_file(tagged.path / TEST_DATA)["images"][0]).save(image)
+    for rev, build in ((), "make repro"), (("--rev", TAG), f"git checkout {TAG}"):
+        result = Project(clone).run("python", "-m", "stages.predict", str(image), *rev, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert "is not here" in line and build in line and "dvc pull models/export" in line
