@@ -208,13 +208,16 @@ def model_card(
     }
 
 
-def calibrate(model: MLP, cfg: Export, test: Images) -> tuple[np.ndarray, dict]:
-    """Fold export.calibrate's temperature into `model`; the model's test logits then, and the
-    calibration report (the temperature, NLL and ECE before and after)."""
+def calibrate(
+    model: MLP, cfg: Export, test: Images, test_logits: torch.Tensor
+) -> tuple[np.ndarray, dict]:
+    """Fold export.calibrate's temperature into `model` (whose test logits are `test_logits`);
+    the model's test logits then, and the calibration report (the temperature, NLL and ECE
+    before and after)."""
     val = load_split(VAL_DATA)
     report = calibration_report(
         (predict_logits(model, val.images), val.labels),
-        (predict_logits(model, test.images), test.labels),
+        (test_logits, test.labels),
         fit=cfg.calibrate,
     )
     fold_temperature(model, report["temperature"])
@@ -228,8 +231,9 @@ def main() -> None:
     model, info = load_model(source)
     test = load_split(TEST_DATA)
     images = test.images.unsqueeze(1)  # the ONNX input's shape
-    check_finite(model, predict_logits(model, images).numpy(), f"the {cfg.model} model ({source})")
-    reference, calibration = calibrate(model, cfg, test)
+    logits = predict_logits(model, images)
+    check_finite(model, logits.numpy(), f"the {cfg.model} model ({source})")
+    reference, calibration = calibrate(model, cfg, test, logits)
     temperature = calibration["temperature"]
 
     with atomic_dir(EXPORT_DIR) as staging:
