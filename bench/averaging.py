@@ -2,9 +2,10 @@
 the same total epochs, over several seeds, on the full data, as queued DVC experiments.
 
     uv run python bench/averaging.py [--seeds 3] [--arms plain,swa,ema,swa-cosine]
+                                     [--arm NAME:key=value,key=value ...]
 
-Prints, per arm, the exported model's test accuracy as mean ± std over the seeds, the wall
-time of train + swa, and each arm's difference from plain training with its spread (the
+Prints, per arm, the exported model's test accuracy as mean ± std over the seeds and each
+arm's difference from plain training with its spread (the
 standard error of a difference of two means). The swa and ema arms share their train stage
 (same params), which the run-cache then restores instead of training twice.
 """
@@ -41,6 +42,15 @@ def arms() -> dict[str, dict[str, object]]:
     }  # fmt: skip
 
 
+def custom_arm(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME:key=value,key=value` -> (NAME, its overrides)."""
+    name, sep, pairs = text.partition(":")
+    overrides = dict(pair.split("=", 1) for pair in pairs.split(",") if "=" in pair)
+    if not name or not sep or not overrides:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:key=value[,key=value...]")
+    return name, overrides
+
+
 def summary(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -49,8 +59,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--arms", default="plain,swa,ema,swa-cosine")
+    parser.add_argument(
+        "--arm", action="append", default=[], type=custom_arm, metavar="NAME:KEY=VALUE,...",
+        help="one more arm: its -S overrides on top of the defaults (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     chosen = {name: overrides for name, overrides in arms().items() if name in args.arms.split(",")}
+    chosen |= dict(args.arm)
     runs = {
         f"{arm}-seed{seed}": overrides | {"train.seed": seed, "swa.seed": seed}
         for seed in range(args.seeds)
@@ -60,7 +75,6 @@ def main() -> None:
         done = run_queued(repo, runs, lambda name, data: print(f"finished {name}", flush=True))
 
     accuracy: dict[str, list[float]] = {arm: [] for arm in chosen}
-    seconds: dict[str, list[float]] = {arm: [] for arm in chosen}
     for name, data in done.items():
         arm = name.rsplit("-seed", 1)[0]
         metrics = metrics_of(data)
@@ -68,23 +82,19 @@ def main() -> None:
             print(f"{name} failed")
             continue
         accuracy[arm].append(metrics["metrics/test.json"]["swa"]["accuracy"])
-        # the wall-clock figures are in an experiment only where they are outs (before 2026-12)
-        resources = [metrics.get(f"metrics/resources/{s}.json") for s in ("train", "swa")]
-        if all(resources):
-            seconds[arm].append(sum(r["seconds"] for r in resources))
     print(f"\nexported test accuracy over {args.seeds} seeds (train.seed = swa.seed = 0..)")
-    print("| arm | overrides | test accuracy | train + swa s | vs plain |")
-    print("|---|---|---|---|---|")
-    plain_mean, plain_std = summary(accuracy.get("plain") or [0.0])
+    print("| arm | overrides | test accuracy | vs plain |")
+    print("|---|---|---|---|")
+    plain = accuracy.get("plain") or []
+    plain_mean, plain_std = summary(plain) if plain else (float("nan"), 0.0)
     for arm, values in accuracy.items():
+        if not values:
+            continue
         mean, std = summary(values)
-        spread = (std**2 / len(values) + plain_std**2 / len(accuracy["plain"])) ** 0.5
-        versus = "" if arm == "plain" else f"{mean - plain_mean:+.4f} ± {spread:.4f}"
+        spread = (std**2 / len(values) + plain_std**2 / max(len(plain), 1)) ** 0.5
+        versus = "" if arm == "plain" or not plain else f"{mean - plain_mean:+.4f} ± {spread:.4f}"
         shown = ", ".join(f"{k}={v}" for k, v in chosen[arm].items())
-        print(
-            f"| {arm} | {shown} | {mean:.4f} ± {std:.4f} | "
-            f"{statistics.median(seconds[arm]) if seconds[arm] else float('nan'):.0f} | {versus} |"
-        )
+        print(f"| {arm} | {shown} | {mean:.4f} ± {std:.4f} | {versus} |")
 
 
 if __name__ == "__main__":
