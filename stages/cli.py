@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+from stages.paths import PARAMS_FILE
 
 
 class StageError(Exception):
@@ -12,7 +16,10 @@ class StageError(Exception):
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); exit 2 with one message on a StageError (STAGES_DEBUG=1 re-raises)."""
+    """Run a stage's main(); exit 2 with one message on a StageError (STAGES_DEBUG=1 re-raises)
+    or when params.yaml changed while it ran."""
+    stage = Path(main.__code__.co_filename).stem  # under `python -m`, __module__ is __main__
+    params_before = _digest(PARAMS_FILE)
     try:
         main()
     except StageError as e:
@@ -23,6 +30,23 @@ def run_stage(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         _report("interrupted: no output of this stage was written")
         sys.exit(130)
+    if _digest(PARAMS_FILE) != params_before:
+        # DVC records the params it reads after the command, which this run did not use
+        _report(
+            f"error: {PARAMS_FILE} changed while {stage} ran (another `dvc exp run` in this "
+            "workspace, or an editor): its outputs are from the values it started with, so this "
+            "run is not recorded. Run it again once nothing else changes params.yaml; to run "
+            "experiments side by side, use `dvc exp run --queue` then `dvc queue start -j N`, "
+            "or `dvc exp run --temp`"
+        )
+        sys.exit(2)
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 def _report(message: str) -> None:

@@ -178,18 +178,25 @@ def run_data_parallel(module: str, work: Callable[[Params, torch.device], None])
     processes through torchrun when asked to, and run `work(params, device)` in each process
     (or in this one)."""
     params = load_params()
-    device = resolve_device(params.train.device)
+    device = machine_device(params.train.device, params.train.nproc)
     launch_if_asked(module, params.train.nproc, device)
     with process_group(device) as device:
         work(params, device)
 
 
-def resolve_device(name: str) -> torch.device:
+def machine_device(name: str, nproc: int) -> torch.device:
+    """The device train.device names on this machine, refused if it lacks it or, unless
+    torchrun started this process, has fewer GPUs than train.nproc asks for (one per GPU)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise StageError(
             "train.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'"
+        )
+    if name == "cuda" and nproc > torch.cuda.device_count() and not launched_by_torchrun():
+        raise StageError(
+            f"train.nproc = {nproc} but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s): one process per GPU; lower train.nproc or set train.device: cpu"
         )
     return torch.device(name)
 
@@ -199,9 +206,4 @@ def launch_if_asked(module: str, nproc: int, device: torch.device) -> None:
     instead and exit with their status. Otherwise return, and this process does the work."""
     if nproc == 1 or launched_by_torchrun():
         return
-    if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise StageError(
-            f"train.nproc = {nproc} but this machine has {torch.cuda.device_count()} CUDA "
-            "device(s): one process per GPU; lower train.nproc or set train.device: cpu"
-        )
     sys.exit(launch(module, nproc))

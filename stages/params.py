@@ -31,6 +31,7 @@ from stages.early_stopping import EarlyStoppingArgs
 from stages.fashion_mnist import TRAIN_SIZE
 from stages.losses import LOSSES, LossArgs
 from stages.optimizers import OPTIMIZERS, REFUSED_OPTIMIZERS, OptimizerArgs
+from stages.paths import PARAMS_FILE
 from stages.schedulers import SCHEDULERS, SchedulerArgs
 from stages.schema import (
     AutoOrPositive,
@@ -43,7 +44,6 @@ from stages.schema import (
     not_refused,
 )
 
-PARAMS_FILE = Path("params.yaml")
 Device = Literal["auto", "cpu", "cuda"]
 
 MAX_WIDTH, MAX_DEPTH = 8192, 8
@@ -270,6 +270,16 @@ class Swa(Strict):
     ema_decay: Annotated[float, Field(gt=0, lt=1)]
     """ema: each step keeps this share of the average and adds (1 - decay) of the weights."""
     seed: Seed
+
+    @model_validator(mode="after")
+    def _annealing_fits(self) -> Swa:
+        if self.epochs > 0 and self.anneal_epochs > self.epochs:
+            raise ValueError(
+                f"swa.anneal_epochs = {self.anneal_epochs} is longer than the run: swa.epochs = "
+                f"{self.epochs} would end before the lr reaches swa.lr; make anneal_epochs at "
+                "most swa.epochs"
+            )
+        return self
 
 
 class Evaluate(Strict):

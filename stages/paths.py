@@ -3,6 +3,9 @@ paths (tests/test_dvc_yaml.py checks that the two agree)."""
 
 from pathlib import Path
 
+PARAMS_FILE = Path("params.yaml")
+PARAMS_SCHEMA = Path("params.schema.json")  # the validate stage's out, beside params.yaml
+
 RAW_DIR = Path("data/raw")
 
 SPLIT_DIR = Path("data/split")

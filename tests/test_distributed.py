@@ -99,6 +99,7 @@ def split(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
     work = Workdir.with_raw_data(tmp_path_factory.mktemp("split"), raw_dir, 6000, 1000)
     work.set("train.epochs", EPOCHS)
     work.set("swa.epochs", SWA_EPOCHS)
+    work.set("swa.anneal_epochs", 1)
     result = work.run("split")
     assert result.returncode == 0, result.stderr
     return work

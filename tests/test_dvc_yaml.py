@@ -17,7 +17,7 @@ from .conftest import ROOT
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
-PIPELINE = ["download", "split", "train", "swa", "evaluate", "export"]
+PIPELINE = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
 
 
 def project_imports(module: str) -> set[str]:
@@ -48,7 +48,7 @@ def code_deps(stage: dict) -> set[str]:
     }
 
 
-def test_the_pipeline_has_the_six_stages_in_order() -> None:
+def test_the_pipeline_has_its_seven_stages_in_order() -> None:
     assert list(STAGES) == PIPELINE
 
 
@@ -64,11 +64,16 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
     assert code_deps(STAGES[name]) == project_imports(name)
 
 
+def outs(stage: dict) -> list[str]:
+    """An out is a path, or a one-key mapping of its path to options (`cache: false`)."""
+    return [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+
+
 def all_declared_paths() -> set[str]:
     declared = set()
     for stage in STAGES.values():
         declared |= {d for d in stage.get("deps", []) if not d.startswith("stages/")}
-        declared |= set(stage.get("outs", []))
+        declared |= set(outs(stage))
     return declared
 
 
@@ -90,7 +95,9 @@ def test_wall_clock_figures_are_neither_outs_nor_in_git() -> None:
 def test_every_path_in_the_code_is_declared_in_dvc_yaml() -> None:
     declared = all_declared_paths() | UNVERSIONED
     # The train stage's resumable state is deliberately no out: DVC deletes outs before a run.
-    constants = [v for v in vars(paths).values() if isinstance(v, Path) and v != paths.TRAIN_RESUME]
+    # params.yaml is every stage's params file, not a dep or out.
+    unlisted = {paths.TRAIN_RESUME, paths.PARAMS_FILE}
+    constants = [v for v in vars(paths).values() if isinstance(v, Path) and v not in unlisted]
     constants += list(paths.MODELS.values())
     for path in map(str, constants):  # a declared path, inside one, or a folder of several
         assert any(
@@ -103,12 +110,12 @@ def test_every_out_is_a_dep_of_a_later_stage_or_a_final_product() -> None:
     finals.add("metrics/calibration.json")
     for i, name in enumerate(PIPELINE):
         later_deps = {d for later in PIPELINE[i + 1 :] for d in STAGES[later]["deps"]}
-        for out in STAGES[name]["outs"]:
+        for out in outs(STAGES[name]):
             assert out in later_deps or out in finals, f"{name} writes {out}, which nothing reads"
 
 
 def test_metrics_and_plots_point_into_stage_outputs() -> None:
-    outs = [o for s in STAGES.values() for o in s["outs"]]
+    written = [o for s in STAGES.values() for o in outs(s)]
     files = list(DVC_YAML["metrics"])
     for plot in DVC_YAML["plots"]:
         if isinstance(plot, str):
@@ -117,7 +124,19 @@ def test_metrics_and_plots_point_into_stage_outputs() -> None:
             (props,) = plot.values()
             files += list(props["y"])
     for f in set(files) - UNVERSIONED:
-        assert any(f == o or f.startswith(o + "/") for o in outs), f
+        assert any(f == o or f.startswith(o + "/") for o in written), f
+
+
+def test_every_stage_after_validate_depends_on_its_output() -> None:
+    """So DVC runs validate, which reads all of params.yaml, before it deletes any other
+    stage's outputs; and validate's output is in git, beside params.yaml, for editors."""
+    (schema,) = outs(STAGES["validate"])
+    assert STAGES["validate"]["params"] == [{"params.yaml": None}]
+    assert STAGES["validate"]["outs"] == [{schema: {"cache": False}}]
+    for name in PIPELINE[1:]:
+        assert schema in STAGES[name]["deps"], name
+    tracked = subprocess.run(["git", "ls-files", schema], cwd=ROOT, capture_output=True, text=True)
+    assert tracked.stdout.strip() == schema
 
 
 def test_the_exported_model_is_a_registered_artifact() -> None:

@@ -176,6 +176,8 @@ def test_any_unknown_key_is_refused_by_name(key: str) -> None:
         ({"split.subset": 60_001}, "split.subset = 60001"),
         ({"model.hidden": [100_000]}, "model.hidden.0 = 100000"),
         ({"model.hidden": [8] * 9}, "model.hidden"),
+        ({"swa.epochs": 2, "swa.anneal_epochs": 3}, "swa.anneal_epochs = 3 is longer than the run"),
+        ({"train.epochs": 10, "train.scheduler": "multistep"}, "milestones"),
     ],
 )
 def test_combinations_torch_or_numpy_would_refuse_late_are_refused_early(

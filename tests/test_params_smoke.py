@@ -143,6 +143,7 @@ def test_params_the_schema_accepts_run_every_stage(work: Workdir, changes: dict)
     set_key(raw, "split.val_size", 60)
     set_key(raw, "train.epochs", 1)
     set_key(raw, "swa.epochs", 1)
+    set_key(raw, "swa.anneal_epochs", 1)
     for key, value in changes.items():
         set_key(raw, key, value)
     try:

@@ -220,3 +220,26 @@ def test_stages_debug_shows_the_traceback(work: Workdir) -> None:
     )
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "train.lr" in result.stderr
+
+
+def test_params_changed_while_a_stage_ran_fail_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `dvc exp run` in the same workspace rewrites params.yaml under a running stage;
+    DVC would then record values the stage did not use. The stage fails instead, naming it."""
+    from stages.cli import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.002}\n")
+
+    def main() -> None:
+        (tmp_path / "params.yaml").write_text("train: {lr: 0.006}\n")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_stage(main)
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err
+    assert "params.yaml changed while test_stage_errors ran" in message
+    assert "dvc queue start -j N" in message
+    run_stage(lambda: None)  # unchanged: nothing to say
+    assert capsys.readouterr().err == ""

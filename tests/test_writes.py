@@ -77,6 +77,7 @@ def test_every_stage_writes_its_outputs_atomically(
     work.set("download.source_dir", str(raw_dir))
     work.set("train.epochs", 2)
     work.set("swa.epochs", swa_epochs)
+    work.set("swa.anneal_epochs", 1)
     recorder = WriteRecorder(work.path)
     # dvclive creates a DVC repo when it finds none; that is not a stage output
     (work.path / ".dvc").mkdir()

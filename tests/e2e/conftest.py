@@ -13,14 +13,21 @@ import yaml
 
 from ..conftest import ROOT
 
-STAGES = ["download", "split", "train", "swa", "evaluate", "export"]
-PROJECT_FILES = ["stages", "dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"]
+STAGES = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
+PROJECT_FILES = [
+    "stages",
+    "dvc.yaml",
+    "params.yaml",
+    "params.schema.json",
+    ".gitignore",
+    ".dvcignore",
+]
 
 # A quick run on real data: 3,000 training images, 2 + 2 epochs; the 10,000 test images stay.
 SMALL = {
     "split": {"subset": 3000, "val_size": 500},
     "train": {"epochs": 2, "batch_size": 128},
-    "swa": {"epochs": 2},
+    "swa": {"epochs": 2, "anneal_epochs": 1},
     "evaluate": {"misclassified_grid": 3},
 }
 

@@ -132,26 +132,6 @@ def test_warm_start_from_a_tag_records_its_commit_and_refuses_a_branch(
     assert "train.init = 'main' is a moving name" in branch.stdout + branch.stderr
 
 
-def test_a_bad_formula_fails_before_any_stage_does_work(reproduced: Project) -> None:
-    reproduced.set_params(
-        {
-            "train": {
-                "scheduler": "lambda",
-                "schedulers": {"lambda": {"formula": "__import__('os')"}},
-            }
-        }
-    )
-    try:
-        result = reproduced.run("dvc", "repro", check=False)
-    finally:
-        reproduced.run("git", "checkout", "-q", "params.yaml")
-        reproduced.run("dvc", "checkout", "-q")
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert "train.schedulers.lambda.formula" in output and "calls '__import__'" in output
-    assert "train epoch" not in output and "Traceback" not in output
-
-
 @pytest.mark.slow
 def test_queued_experiments_run_in_parallel_workers(reproduced: Project) -> None:
     reproduced.run("dvc", "exp", "run", "--queue", "-S", "swa.lr=0.0005,0.002")
