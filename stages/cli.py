@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,10 +18,19 @@ class StageError(Exception):
     """A problem the user can fix (bad params, missing data); reported without a traceback."""
 
 
+FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+"""A full disk, a file-size limit (ulimit -f), a full quota."""
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); exit 2 with one message on a StageError (STAGES_DEBUG=1 re-raises)
-    or when params.yaml changed while it ran."""
+    """Run a stage's main(); exit 2 with one message on a StageError (STAGES_DEBUG=1 re-raises),
+    a full disk, or when params.yaml changed while it ran. Ctrl-C and SIGTERM unwind like an
+    error, so every staged write is removed on the way out."""
     stage = Path(main.__code__.co_filename).stem  # under `python -m`, __module__ is __main__
+    signal.signal(signal.SIGTERM, _interrupt)
+    # past a file-size limit the kernel kills the process mid-write (SIGXFSZ); ignored, the
+    # write fails with EFBIG instead and the stage cleans up and says so
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     params_before = _digest(PARAMS_FILE)
     try:
         main()
@@ -27,9 +39,20 @@ def run_stage(main: Callable[[], None]) -> None:
             raise
         _report(f"error: {e}")
         sys.exit(2)
-    except KeyboardInterrupt:
-        _report("interrupted: no output of this stage was written")
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        name = e.args[0] if e.args else "SIGINT"
+        _report(f"interrupted ({name}): no output of this stage was written")
+        sys.exit(128 + signal.Signals[name])
+    except Exception as e:
+        reason = _out_of_space(e)
+        if reason is None or os.environ.get("STAGES_DEBUG"):
+            raise
+        _report(
+            f"error: {stage}: {reason} while writing its outputs. None of them was written, and "
+            "the earlier outputs and DVC's cache are as they were: free space (or lift the "
+            "limit), then rerun (dvc repro)"
+        )
+        sys.exit(2)
     if _digest(PARAMS_FILE) != params_before:
         # DVC records the params it reads after the command, which this run did not use
         _report(
@@ -40,6 +63,19 @@ def run_stage(main: Callable[[], None]) -> None:
             "or `dvc exp run --temp`"
         )
         sys.exit(2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _out_of_space(e: Exception) -> str | None:
+    """The reason, if `e` is a write that ran out of space: an OSError, or the Rust I/O error
+    safetensors reports as text ("... (os error 28)")."""
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None and (match := re.search(r"\(os error (\d+)\)", str(e))):
+        code = int(match.group(1))
+    return os.strerror(code) if code in FULL else None
 
 
 def _digest(path: Path) -> str | None:

@@ -15,20 +15,16 @@ from __future__ import annotations
 import json
 
 from stages.cli import run_stage
-from stages.distributed import machine_device
 from stages.files import atomic_path
-from stages.params import Params, load_params
+from stages.params import Params, Train, load_params
 from stages.paths import PARAMS_SCHEMA
-from stages.registry import fixed_commit
 
 
 def main() -> None:
     # first: DVC has deleted it, and a refused params.yaml must leave the workspace as it was
     write_schema()
     params = load_params()
-    machine_device(params.train.device, params.train.nproc)
-    if params.train.init is not None:
-        fixed_commit(params.train.init, "train.init")
+    check_machine(params.train)
     print("validate: params.yaml is valid")
 
 
@@ -36,6 +32,20 @@ def write_schema() -> None:
     text = json.dumps(Params.model_json_schema(by_alias=True), indent=2) + "\n"
     with atomic_path(PARAMS_SCHEMA) as tmp:
         tmp.write_text(text)
+
+
+def check_machine(cfg: Train) -> None:
+    """What train would refuse on this machine: a device it lacks, more processes than GPUs, a
+    warm-start revision this repository lacks. Importing torch costs seconds of every params
+    change, so only a setting that needs it does."""
+    if cfg.device == "cuda" or (cfg.device == "auto" and cfg.nproc > 1):
+        from stages.distributed import machine_device
+
+        machine_device(cfg.device, cfg.nproc)
+    if cfg.init is not None:
+        from stages.registry import fixed_commit
+
+        fixed_commit(cfg.init, "train.init")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ import pytest
 import torch
 import yaml
 
+from stages.checkpoints import save_model
 from stages.data import Images
 from stages.fashion_mnist import read_images_and_labels
+from stages.model import MLP, MLPConfig
 from stages.params import PARAMS_FILE, Params, load_params
-from stages.paths import RAW_DIR
+from stages.paths import MODELS, RAW_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -134,3 +136,22 @@ def error_of_params(raw: dict, changes: dict[str, object]) -> str:
     with pytest.raises(StageError) as e:
         parse_params(raw)
     return str(e.value)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
+    """A working directory after a real split (subset) and evaluate of two small models."""
+    work = Workdir.with_raw_data(tmp_path_factory.mktemp("evaluated"), raw_dir, 3000, 500)
+    for path in MODELS.values():
+        (work.path / path).parent.mkdir(parents=True, exist_ok=True)
+        save_model(MLP(MLPConfig(hidden=(16,))), work.path / path, {"final_lr": 0.0})
+    for stage in ("split", "evaluate"):
+        result = work.run(stage)
+        assert result.returncode == 0, result.stderr
+    return work.path
+
+
+@pytest.fixture()
+def work_with_models(evaluated: Path, tmp_path: Path) -> Workdir:
+    shutil.copytree(evaluated, tmp_path / "work")
+    return Workdir(tmp_path / "work")

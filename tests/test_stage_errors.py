@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from stages.checkpoints import METADATA_KEY, read_header, save_model
+from stages.checkpoints import METADATA_KEY, read_header
 from stages.fashion_mnist import RAW_FILES
 from stages.model import MLP, MLPConfig
-from stages.paths import MODELS, RAW_DIR, TRAIN_MODEL
+from stages.paths import RAW_DIR, TRAIN_MODEL
 
 from .conftest import ROOT, Workdir
 
@@ -137,25 +137,6 @@ def test_missing_source_dir_while_offline_names_every_source(work: Workdir) -> N
 
 
 # ---- models: the evaluate stage, on a real (subset) split, with one bad weights file ----
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
-    """A working directory after a real split (subset) and evaluate of two small models."""
-    work = Workdir.with_raw_data(tmp_path_factory.mktemp("evaluated"), raw_dir, 3000, 500)
-    for path in MODELS.values():
-        (work.path / path).parent.mkdir(parents=True, exist_ok=True)
-        save_model(MLP(MLPConfig(hidden=(16,))), work.path / path, {"final_lr": 0.0})
-    for stage in ("split", "evaluate"):
-        result = work.run(stage)
-        assert result.returncode == 0, result.stderr
-    return work.path
-
-
-@pytest.fixture()
-def work_with_models(evaluated: Path, tmp_path: Path) -> Workdir:
-    shutil.copytree(evaluated, tmp_path / "work")
-    return Workdir(tmp_path / "work")
 
 
 class ShellOnLoad:

@@ -19,7 +19,7 @@ from stages.paths import MODELS, SPLIT_MANIFEST, TRAIN_DATA
 
 from .conftest import Workdir, run_in_process
 
-PIPELINE = ["download", "split", "train", "swa", "evaluate", "export"]
+PIPELINE = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
