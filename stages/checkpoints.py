@@ -10,6 +10,8 @@ before any memory is allocated for the model: files may come from any repository
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from torch.optim import Optimizer
 
 from stages.cli import StageError
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_path
+from stages.files import atomic_path, sha256_file
 from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
 from stages.params import Model as ModelParams
 
@@ -215,6 +217,24 @@ def save_training_state(
     metadata = json.dumps(encode(content, tensors))
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={RESUME_KEY: metadata})
+
+
+def run_fingerprint(config: list[Any], inputs: tuple[Path, ...]) -> str:
+    """What a saved training state must match: the params the stage reads (`config`, JSON),
+    its input files, and all stage code."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config).encode())
+    for path in (*inputs, *sorted(Path(__file__).parent.glob("*.py"))):
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def remove_training_state(path: Path) -> None:
+    """Once the stage's output is written: the state, and its folder when nothing else is in
+    it (an interrupted write may have left a staging file there)."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 def read_training_state(path: Path) -> bytes | None:

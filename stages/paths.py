@@ -16,6 +16,7 @@ SPLIT_MANIFEST = SPLIT_DIR / "manifest.json"
 
 TRAIN_MODEL = Path("models/train.safetensors")
 TRAIN_RESUME = Path("models/resume/train.safetensors")  # not an out: DVC deletes outs first
+SWA_RESUME = Path("models/resume/swa.safetensors")
 SWA_MODEL = Path("models/swa.safetensors")
 MODELS = {"train": TRAIN_MODEL, "swa": SWA_MODEL}
 

@@ -6,25 +6,52 @@ epoch with equal shares (AveragedModel); `ema` keeps an exponential moving avera
 and buffers, updated after every step (`swa.ema_decay`). `update_bn` then recomputes BatchNorm
 statistics for the averaged weights over the training data (with `model.batch_norm`; a no-op
 without). With `swa.epochs: 0` the trained model passes through unchanged, byte for byte.
-`train.nproc` > 1 runs it as DDP processes, as for train.
+`train.nproc` > 1 runs it as DDP processes, as for train. Like train, it saves its state after
+every epoch (models/resume/swa.safetensors): a killed run resumes and ends with the same bytes.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from stages.checkpoints import load_model, save_model
+from stages.checkpoints import (
+    TrainingState,
+    load_model,
+    load_training_state,
+    read_training_state,
+    remove_training_state,
+    run_fingerprint,
+    save_model,
+    save_training_state,
+)
 from stages.cli import run_stage
 from stages.data import Images, load_split
-from stages.distributed import is_main, run_data_parallel, wrap
+from stages.distributed import (
+    broadcast_bytes,
+    is_main,
+    require_same,
+    run_data_parallel,
+    world_size,
+    wrap,
+)
 from stages.engine import EpochLog, batches, epoch_log, fit, seed_everything
 from stages.files import copy_file
 from stages.losses import build_loss
 from stages.optimizers import build_optimizer
 from stages.params import Params, Swa, Train
-from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESOURCES, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
+from stages.paths import (
+    SWA_LIVE,
+    SWA_MODEL,
+    SWA_RESOURCES,
+    SWA_RESUME,
+    TRAIN_DATA,
+    TRAIN_MODEL,
+    VAL_DATA,
+)
 
 
 def averaged_model(model: nn.Module, cfg: Swa) -> AveragedModel:
@@ -37,6 +64,23 @@ def averaged_model(model: nn.Module, cfg: Swa) -> AveragedModel:
     return AveragedModel(model)
 
 
+class Averaging:
+    """What a resumed run needs beside the model and optimizer: SWALR's state and the
+    average's (its weights and how many it has taken)."""
+
+    def __init__(self, scheduler: SWALR, averaged: AveragedModel) -> None:
+        self.scheduler, self.averaged = scheduler, averaged
+
+    def state_dict(self) -> dict[str, Any]:
+        # SWALR keeps its annealing function among its state; the constructor sets it again
+        scheduler = {k: v for k, v in self.scheduler.state_dict().items() if not callable(v)}
+        return {"scheduler": scheduler, "averaged": self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.averaged.load_state_dict(state["averaged"])
+
+
 def average_weights(
     model: nn.Module,
     train_data: Images,
@@ -45,9 +89,13 @@ def average_weights(
     train_cfg: Train,
     start_lr: float,
     log: EpochLog,
+    fingerprint: str | None = None,
 ) -> AveragedModel:
     """Continue training `model` for cfg.epochs, averaging its weights after every epoch (swa)
-    or every step (ema), then recompute BatchNorm statistics for the averaged weights."""
+    or every step (ema), then recompute BatchNorm statistics for the averaged weights. With a
+    `fingerprint`, the state is saved after every epoch and a killed run's state under the same
+    fingerprint is resumed from; without one (in-process use), no state is read or written."""
+    device = val_data.labels.device
     loss_fn = build_loss(train_cfg)
     optimizer = build_optimizer(model.parameters(), train_cfg, lr=start_lr)
     swa_model = averaged_model(model, cfg)
@@ -57,6 +105,20 @@ def average_weights(
         anneal_epochs=cfg.anneal_epochs,
         anneal_strategy=cfg.anneal_strategy,
     )
+    progress = Averaging(swa_scheduler, swa_model)
+    # rank 0's state for every rank, as in train
+    saved = read_training_state(SWA_RESUME) if is_main() and fingerprint else None
+    state = broadcast_bytes(saved, device)
+    resumed = load_training_state(state, fingerprint or "", model, optimizer, progress)
+    require_same(resumed.epoch if resumed else 0, "the epoch swa resumes after", device)
+    if resumed is not None:
+        if is_main():
+            print(f"swa: resuming after epoch {resumed.epoch} from {SWA_RESUME}")
+        log.replay(resumed.history)
+
+    def save_state(epoch: int) -> None:
+        state = TrainingState(epoch, log.history)
+        save_training_state(SWA_RESUME, fingerprint, state, model, optimizer, progress)
 
     def average() -> None:
         swa_model.update_parameters(model)
@@ -67,15 +129,15 @@ def average_weights(
         swa_scheduler.step()
 
     fit(
-        wrap(model, val_data.labels.device), train_data, val_data, loss_fn, optimizer, log,
+        wrap(model, device), train_data, val_data, loss_fn, optimizer, log,
         epochs=cfg.epochs, batch_size=train_cfg.batch_size, seed=cfg.seed, stage="swa",
         lr_key="swa.lr", augmentation=train_cfg.augment, bf16=train_cfg.bf16,
         after_step=average if cfg.strategy == "ema" else None,
         after_epoch=average_and_anneal, scored=swa_model.module,
+        first_epoch=(resumed.epoch if resumed else 0) + 1,
+        logged=save_state if is_main() and fingerprint else None,
     )  # fmt: skip
-    update_bn(
-        batches(train_data.images, train_cfg.batch_size), swa_model, device=val_data.labels.device
-    )
+    update_bn(batches(train_data.images, train_cfg.batch_size), swa_model, device=device)
     return swa_model
 
 
@@ -92,9 +154,12 @@ def finalize(params: Params, device: torch.device) -> None:
     if is_main():
         print(f"swa ({cfg.strategy}): {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} from {TRAIN_MODEL}, "
               f"lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")  # fmt: skip
+    # what a saved state must match: the params swa reads, the process count, inputs, code
+    config = [cfg.model_dump(), train_cfg.model_dump(), world_size()]
+    fingerprint = run_fingerprint(config, (TRAIN_DATA, VAL_DATA, TRAIN_MODEL))
     with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
         swa_model = average_weights(
-            model, train_data, val_data, cfg, train_cfg, info["final_lr"], log
+            model, train_data, val_data, cfg, train_cfg, info["final_lr"], log, fingerprint
         )
     if not is_main():
         return
@@ -103,6 +168,7 @@ def finalize(params: Params, device: torch.device) -> None:
     else:
         info = {"final_lr": cfg.lr, "swa_epochs": cfg.epochs, "swa_strategy": cfg.strategy}
         save_model(swa_model.module, SWA_MODEL, info)
+    remove_training_state(SWA_RESUME)
     print(f"wrote {SWA_MODEL}")
 
 

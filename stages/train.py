@@ -13,17 +13,14 @@ With `train.nproc` > 1 the stage runs itself as that many DistributedDataParalle
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-from pathlib import Path
-
 import torch
 
 from stages.checkpoints import (
     TrainingState,
     load_training_state,
     read_training_state,
+    remove_training_state,
+    run_fingerprint,
     save_model,
     save_training_state,
 )
@@ -39,7 +36,6 @@ from stages.distributed import (
 )
 from stages.early_stopping import Watcher
 from stages.engine import EpochLog, current_lr, epoch_log, fit, seed_everything, steps_per_epoch
-from stages.files import sha256_file
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
 from stages.optimizers import averaged_copy, build_optimizer, load_average
@@ -75,7 +71,7 @@ def train(params: Params, device: torch.device) -> None:
 
     # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
     # same epoch, or all stop (a rank whose params, data or code differ finds no match)
-    fingerprint = run_fingerprint(params, init_commit)
+    fingerprint = train_fingerprint(params, init_commit)
     state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
     resumed = load_training_state(state, fingerprint, model, optimizer, schedule)
     require_same(int(fingerprint[:15], 16), "params, data and code (their fingerprint)", device)
@@ -151,9 +147,7 @@ def train(params: Params, device: torch.device) -> None:
         final_lr = kept["lr"]
     started = {"init_commit": init_commit} if init_commit else {}
     save_model(scored, TRAIN_MODEL, {"final_lr": final_lr, **started})
-    TRAIN_RESUME.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # kept if an interrupted write left a staging file in it
-        TRAIN_RESUME.parent.rmdir()
+    remove_training_state(TRAIN_RESUME)
     print(f"wrote {TRAIN_MODEL}" + (f" (epoch {watcher.best_epoch}, the best)" if kept else ""))
 
 
@@ -195,15 +189,11 @@ def record_the_run(log: EpochLog, schedule: Schedule, watcher: Watcher | None, l
     )
 
 
-def run_fingerprint(params: Params, init_commit: str | None = None) -> str:
-    """What a saved training state must match: the params train reads, the commit train.init
-    resolved to (a tag can be moved), the process count, its data, all stage code."""
-    digest = hashlib.sha256()
+def train_fingerprint(params: Params, init_commit: str | None = None) -> str:
+    """The params train reads, the commit train.init resolved to (a tag can be moved), the
+    process count, its data and code."""
     config = [params.model.model_dump(), params.train.model_dump(), init_commit, world_size()]
-    digest.update(json.dumps(config).encode())
-    for path in (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST, *sorted(Path(__file__).parent.glob("*.py"))):
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
+    return run_fingerprint(config, (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST))
 
 
 if __name__ == "__main__":

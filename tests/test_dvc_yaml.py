@@ -94,9 +94,9 @@ def test_wall_clock_figures_are_neither_outs_nor_in_git() -> None:
 
 def test_every_path_in_the_code_is_declared_in_dvc_yaml() -> None:
     declared = all_declared_paths() | UNVERSIONED
-    # The train stage's resumable state is deliberately no out: DVC deletes outs before a run.
+    # The resumable states of train and swa are deliberately no outs: DVC deletes outs before a run.
     # params.yaml is every stage's params file, not a dep or out.
-    unlisted = {paths.TRAIN_RESUME, paths.PARAMS_FILE}
+    unlisted = {paths.TRAIN_RESUME, paths.SWA_RESUME, paths.PARAMS_FILE}
     constants = [v for v in vars(paths).values() if isinstance(v, Path) and v not in unlisted]
     constants += list(paths.MODELS.values())
     for path in map(str, constants):  # a declared path, inside one, or a folder of several

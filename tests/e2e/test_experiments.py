@@ -135,6 +135,8 @@ def test_warm_start_from_a_tag_records_its_commit_and_refuses_a_branch(
 @pytest.mark.slow
 def test_queued_experiments_run_in_parallel_workers(reproduced: Project) -> None:
     reproduced.run("dvc", "exp", "run", "--queue", "-S", "swa.lr=0.0005,0.002")
+    # a refused value fails its own experiment in the validate stage, not the others
+    reproduced.run("dvc", "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.lr=-1")
     reproduced.run("dvc", "queue", "start", "--jobs", "2")
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
@@ -152,4 +154,7 @@ def test_queued_experiments_run_in_parallel_workers(reproduced: Project) -> None
     assert len(done) == 2, status
     assert all(e["state"] == "success" for e in done), done
     assert all(measured(e) == METRIC_FILES for e in done)
+    assert experiments(reproduced)["bad-lr"]["state"] == "failed"
+    log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
+    assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
     reproduced.assert_clean()
