@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,16 @@ from typing import Annotated, Any, Literal, Protocol
 import torch
 from pydantic import Field, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, safe_open, save_file
+from safetensors.torch import load, load_file, save_file
 from torch.optim import Optimizer
 
 from stages.cli import StageError
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_path, sha256_file
+from stages.files import atomic_path, sha256_file, tensor_layout
 from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
 from stages.params import Model as ModelParams
+from stages.params import Params
+from stages.paths import RESUME_PARAMS_KEY, RESUME_SECTIONS
 
 METADATA_KEY = "fashion_mlp"
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}  # BatchNorm counts its batches
@@ -68,14 +71,12 @@ def read_header(path: Path, name: str) -> tuple[dict[str, Any], dict[str, tuple[
     """The file's metadata (decoded JSON) and each tensor's (dtype, shape), from the header
     alone: no tensor data is read."""
     try:
-        with safe_open(path, framework="pt") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-            tensors = {k: (s.get_dtype(), tuple(s.get_shape())) for k, s in slices.items()}
+        metadata, tensors = tensor_layout(path)
     except FileNotFoundError:
         raise StageError(f"{name} is missing: run the stage that writes it first") from None
-    except (SafetensorError, OSError) as e:
-        raise _refuse(name, f"is not a valid safetensors file ({e})") from None
+    except ValueError as e:
+        raise _refuse(name, str(e)) from None
+    raw = metadata.get(METADATA_KEY)
     if raw is None:
         raise _refuse(name, f"has no '{METADATA_KEY}' metadata: it was not written by save_model")
     try:
@@ -198,7 +199,7 @@ def decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_training_state(
     path: Path,
-    fingerprint: str,
+    key: RunKey,
     state: TrainingState,
     model: torch.nn.Module,
     optimizer: Optimizer,
@@ -206,7 +207,7 @@ def save_training_state(
 ) -> None:
     tensors: dict[str, torch.Tensor] = {}
     content = {
-        "fingerprint": fingerprint,
+        "fingerprint": key.full,
         "epoch": state.epoch,
         "history": state.history,
         "model": model.state_dict(),
@@ -216,17 +217,31 @@ def save_training_state(
     }
     metadata = json.dumps(encode(content, tensors))
     with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={RESUME_KEY: metadata})
+        save_file(tensors, tmp, metadata={RESUME_KEY: metadata, RESUME_PARAMS_KEY: key.params})
 
 
-def run_fingerprint(config: list[Any], inputs: tuple[Path, ...]) -> str:
-    """What a saved training state must match: the params the stage reads (`config`, JSON),
-    its input files, and all stage code."""
+@dataclass(frozen=True)
+class RunKey:
+    """What a saved training state must match to be resumed."""
+
+    params: str
+    """Params.digest of the stage's params.yaml sections: the validate stage checks it, without
+    reading any input, to remove states that no run could resume."""
+    full: str
+    """Those params, the stage's other settings, its input files and all stage code."""
+
+
+def run_key(params: Params, stage: Path, settings: list[Any], inputs: tuple[Path, ...]) -> RunKey:
+    """The key of the resume state at `stage` (one of RESUME_SECTIONS), for these params,
+    other settings (JSON) and input files."""
+    sections = RESUME_SECTIONS[stage]
     digest = hashlib.sha256()
-    digest.update(json.dumps(config).encode())
+    digest.update(
+        json.dumps([*(getattr(params, s).model_dump() for s in sections), *settings]).encode()
+    )
     for path in (*inputs, *sorted(Path(__file__).parent.glob("*.py"))):
         digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
+    return RunKey(params.digest(sections), digest.hexdigest())
 
 
 def remove_training_state(path: Path) -> None:
@@ -246,27 +261,37 @@ def read_training_state(path: Path) -> bytes | None:
 
 def load_training_state(
     data: bytes | None,
-    fingerprint: str,
+    key: RunKey | None,
     model: torch.nn.Module,
     optimizer: Optimizer,
     schedule: Stateful,
+    name: str = "the saved training state",
 ) -> TrainingState | None:
     """Restore a run saved by save_training_state (the file's bytes) into the given objects and
-    return where it stopped; None (and nothing restored) when there is no state, it is
-    unreadable, or it belongs to other params, data or code (`fingerprint`)."""
-    if data is None:
+    return where it stopped; None (and nothing restored) when there is no state, or it cannot
+    be resumed: unreadable, or of other params, data or code (`key`), which it says."""
+    if data is None or key is None:
         return None
     try:
         tensors = load(data)
         header_size = int.from_bytes(data[:8], "little")
         raw = json.loads(data[8 : 8 + header_size])["__metadata__"][RESUME_KEY]
         content = decode(json.loads(raw), tensors)
-        if content["fingerprint"] != fingerprint:
-            return None
-    except (SafetensorError, ValueError, KeyError, TypeError):
+    except (SafetensorError, ValueError, KeyError, TypeError) as e:
+        print(f"note: {name} is damaged ({type(e).__name__}: {e}): starting over", file=sys.stderr)
+        return None
+    if content["fingerprint"] != key.full:
+        print(f"note: {name} is of other params, data or code: starting over", file=sys.stderr)
         return None
     device = next(model.parameters()).device
-    model.load_state_dict({k: v.to(device) for k, v in content["model"].items()})
-    optimizer.load_state_dict(content["optimizer"])
-    schedule.load_state_dict(content["schedule"])
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in content["model"].items()})
+        optimizer.load_state_dict(content["optimizer"])
+        schedule.load_state_dict(content["schedule"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        # its fingerprint matches, its tensors do not: written by no run of this code
+        raise StageError(
+            f"{name} matches this run but its tensors do not ({type(e).__name__}: {e}); it was "
+            "not written by this pipeline. Delete it and rerun (dvc repro)"
+        ) from None
     return TrainingState(content["epoch"], content["history"], content["kept"])

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from stages.cli import StageError
+from stages.fashion_mnist import CLASSES, IMAGE_SIDE, TEST_SIZE, TRAIN_SIZE
+from stages.files import tensor_layout
 
 
 @dataclass(frozen=True)
@@ -25,12 +27,43 @@ class Images:
 
 
 def load_split(path: Path, device: torch.device | str = "cpu") -> Images:
-    if not path.is_file():
-        raise StageError(f"{path} is missing: run the split stage (dvc repro split)")
+    check_split_layout(path)
     tensors = load_file(path)
+    labels = tensors["labels"]
+    if len(labels) and int(labels.max()) >= len(CLASSES):
+        raise _damaged(path, f"holds label {int(labels.max())}; classes are 0..{len(CLASSES) - 1}")
     return Images(
         images=tensors["images"].to(device=device, dtype=torch.float32).div_(255),
-        labels=tensors["labels"].to(device=device, dtype=torch.int64),
+        labels=labels.to(device=device, dtype=torch.int64),
+    )
+
+
+def check_split_layout(path: Path) -> None:
+    """Refuse, from the header alone, a file that is not a split: before any memory is
+    allocated for what a damaged or foreign header claims."""
+    try:
+        _, layout = tensor_layout(path)
+    except FileNotFoundError:
+        raise StageError(f"{path} is missing: run the split stage (dvc repro split)") from None
+    except ValueError as e:
+        raise _damaged(path, str(e)) from None
+    labels_shape = layout.get("labels", ("", ()))[1]
+    n = labels_shape[0] if len(labels_shape) == 1 else -1
+    expected = {"images": ("U8", (n, IMAGE_SIDE, IMAGE_SIDE)), "labels": ("U8", (n,))}
+    if layout != expected or not 0 < n <= TRAIN_SIZE + TEST_SIZE:
+        found = ", ".join(f"{k} {dtype} {list(shape)}" for k, (dtype, shape) in layout.items())
+        found += f" ({len(layout)} tensors)" if len(layout) > 2 else ""
+        raise _damaged(
+            path,
+            f"holds {found or 'no tensors'}, not a split's images U8 [N, 28, 28] and labels "
+            f"U8 [N] with 0 < N <= {TRAIN_SIZE + TEST_SIZE}",
+        )
+
+
+def _damaged(path: Path, problem: str) -> StageError:
+    return StageError(
+        f"{path} {problem}: it is damaged or not this pipeline's. Restore it (dvc checkout "
+        f"{path}) or rebuild it (dvc repro split)"
     )
 
 

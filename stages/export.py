@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from stages.cli import StageError, run_stage
 from stages.data import Images, load_split
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.files import atomic_dir, atomic_path, copy_file, sha256_file, write_json
-from stages.lesson import NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
+from stages.lesson import STACK, NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
 from stages.model import MLP, MLPConfig, fold_temperature, predict_logits
 from stages.params import Export, Params, load_params
 from stages.paths import (
@@ -51,44 +49,46 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 def export_onnx(model: MLP, path: Path, opset: int) -> None:
-    example = torch.zeros(2, 1, IMAGE_SIDE, IMAGE_SIDE)
-    # Without torchvision (kept out of the environment, see pyproject.toml) the exporter logs a
-    # warning per torchvision op it skips registering; the MLP uses none of them.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not ours to fix
-        torch.onnx.export(
-            model,
-            (example,),
-            path,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
-    finish_onnx(path, opset)
-
-
-def finish_onnx(path: Path, opset: int) -> None:
-    """Check that the graph has the opset asked for (the exporter falls back to 18 when it
-    cannot convert) and drop the exporter's per-node debug info: it holds stack traces with
-    absolute source paths, so the same model exported from another checkout would get another
-    hash."""
+    """`model` as an ONNX graph of the lesson's layers (its normalization, BatchNorm and any
+    temperature folded in: stages/lesson.py): Flatten, then Gemm and Relu. Built with onnx's
+    own graph helpers rather than traced by torch.onnx.export, which took 10 s a model here
+    (torch.export, then onnxscript) and whose graphs change with its version."""
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(path)
-    written = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if written != opset:
-        raise StageError(
-            f"export.opset = {opset}, but torch's ONNX exporter could only write opset {written}: "
-            "choose an opset it supports (18 works everywhere)"
+    state = lesson_state_dict(model)
+    depth = len(state) // 2
+    nodes = [helper.make_node("Flatten", [INPUT_NAME], ["layer0.input"], axis=1)]
+    weights = []
+    for i in range(depth):
+        prefix, last = f"{STACK}.{2 * i}", i == depth - 1
+        weights += [numpy_helper.from_array(state[f"{prefix}.{k}"].numpy(), f"{prefix}.{k}")
+                    for k in ("weight", "bias")]  # fmt: skip
+        output = OUTPUT_NAME if last else f"layer{i}.output"
+        nodes.append(
+            helper.make_node(
+                "Gemm",
+                [f"layer{i}.input", f"{prefix}.weight", f"{prefix}.bias"],
+                [output],
+                transB=1,
+            )
         )
-    for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]:
-        for node in graph_nodes:
-            del node.metadata_props[:]
-    onnx.save(model, path)
+        if not last:
+            nodes.append(helper.make_node("Relu", [output], [f"layer{i + 1}.input"]))
+    shape = ["batch", 1, IMAGE_SIDE, IMAGE_SIDE]
+    graph = helper.make_graph(
+        nodes,
+        "fashion_mlp",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", len(CLASSES)])],
+        weights,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    onnx_model = helper.make_model(graph, opset_imports=opsets, producer_name="fashion-mlp")
+    onnx_model.ir_version = helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(onnx_model, full_check=True)
+    with atomic_path(path) as tmp:
+        onnx.save(onnx_model, tmp)
 
 
 def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:

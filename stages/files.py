@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from stages.cli import StageError
 
 _UMASK = os.umask(0)
@@ -73,6 +75,21 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
 def copy_file(source: Path, path: Path) -> None:
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def tensor_layout(path: Path) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """A safetensors file's metadata and each tensor's (dtype, shape), from its header alone: no
+    tensor is read, so a header that claims absurd sizes costs nothing. FileNotFoundError if
+    there is no file; ValueError, saying why, if it is not a valid safetensors file."""
+    try:
+        with safe_open(path, framework="numpy") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+            layout = {k: (s.get_dtype(), tuple(s.get_shape())) for k, s in slices.items()}
+            return f.metadata() or {}, layout
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"is not a valid safetensors file ({e})") from None
 
 
 def sha256_file(path: Path) -> str:

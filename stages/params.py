@@ -11,6 +11,8 @@ The schema has no defaults: params.yaml holds every value, so there is one place
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import keyword
 import re
 from pathlib import Path
@@ -323,6 +325,12 @@ class Params(Strict):
                 "choose another batch size or split, or model.batch_norm: false"
             )
         return self
+
+    def digest(self, sections: tuple[str, ...]) -> str:
+        """sha256 of these sections' values: what a resume state records of the params it was
+        saved under, so that the validate stage can tell one that can never be resumed."""
+        values = [getattr(self, section).model_dump(mode="json") for section in sections]
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 class _Yaml12FloatLoader(yaml.SafeLoader):

@@ -20,6 +20,10 @@ from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.model import predict_logits
 from stages.registry import load_model
 
+MAX_PIXELS = 64_000_000
+"""More than any photo has, less than where PIL warns of a decompression bomb; checked on the
+header, before any pixel is decoded."""
+
 
 def read_image(path: Path, invert: str = "auto") -> torch.Tensor:
     """An image file as a (28, 28) float tensor in [0, 1], light object on dark background."""
@@ -27,13 +31,19 @@ def read_image(path: Path, invert: str = "auto") -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise StageError(
+                    f"{path}: {width}x{height} pixels, more than the {MAX_PIXELS:,} this tool "
+                    "reads; is the file damaged? Otherwise resize it first"
+                )
             grey = image.convert("L")
             if grey.size != (IMAGE_SIDE, IMAGE_SIDE):
                 grey = grey.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS)
             pixels = np.asarray(grey, dtype=np.float32) / 255
     except FileNotFoundError:
         raise StageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise StageError(f"{path}: not an image this tool can read ({e})") from None
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if invert == "yes" or (invert == "auto" and border.mean() > 0.5):

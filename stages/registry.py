@@ -31,7 +31,7 @@ def read_model_bytes(
     from dvc_data.index.index import DataIndexDirError
     from scmrepo.exceptions import SCMError
 
-    where = f"{repo or 'this repository'} at {rev or 'the workspace'}"
+    where = _where(rev, repo)
     try:
         with dvc.api.open(str(path), repo=repo, rev=rev, mode="rb") as f:
             return f.read()
@@ -53,7 +53,12 @@ def read_model_bytes(
 
 def load_model(rev: str | None = None, repo: str | None = None) -> MLP:
     """The exported model of `rev` in `repo` (default: this repository's workspace), in eval mode."""
-    return model_from_bytes(read_model_bytes(rev, repo), f"{EXPORT_WEIGHTS} at {rev}")[0]
+    name = f"{EXPORT_WEIGHTS} of {_where(rev, repo)}"
+    return model_from_bytes(read_model_bytes(rev, repo), name)[0]
+
+
+def _where(rev: str | None, repo: str | None) -> str:
+    return f"{repo or 'this repository'} at {rev or 'the workspace'}"
 
 
 def model_from_bytes(data: bytes, name: str) -> tuple[MLP, dict]:

@@ -19,12 +19,13 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from stages.checkpoints import (
+    RunKey,
     TrainingState,
     load_model,
     load_training_state,
     read_training_state,
     remove_training_state,
-    run_fingerprint,
+    run_key,
     save_model,
     save_training_state,
 )
@@ -89,12 +90,12 @@ def average_weights(
     train_cfg: Train,
     start_lr: float,
     log: EpochLog,
-    fingerprint: str | None = None,
+    key: RunKey | None = None,
 ) -> AveragedModel:
     """Continue training `model` for cfg.epochs, averaging its weights after every epoch (swa)
     or every step (ema), then recompute BatchNorm statistics for the averaged weights. With a
-    `fingerprint`, the state is saved after every epoch and a killed run's state under the same
-    fingerprint is resumed from; without one (in-process use), no state is read or written."""
+    `key`, the state is saved after every epoch and a killed run's state under the same key is
+    resumed from; without one (in-process use), no state is read or written."""
     device = val_data.labels.device
     loss_fn = build_loss(train_cfg)
     optimizer = build_optimizer(model.parameters(), train_cfg, lr=start_lr)
@@ -107,9 +108,9 @@ def average_weights(
     )
     progress = Averaging(swa_scheduler, swa_model)
     # rank 0's state for every rank, as in train
-    saved = read_training_state(SWA_RESUME) if is_main() and fingerprint else None
+    saved = read_training_state(SWA_RESUME) if is_main() and key else None
     state = broadcast_bytes(saved, device)
-    resumed = load_training_state(state, fingerprint or "", model, optimizer, progress)
+    resumed = load_training_state(state, key, model, optimizer, progress, str(SWA_RESUME))
     require_same(resumed.epoch if resumed else 0, "the epoch swa resumes after", device)
     if resumed is not None:
         if is_main():
@@ -118,7 +119,7 @@ def average_weights(
 
     def save_state(epoch: int) -> None:
         state = TrainingState(epoch, log.history)
-        save_training_state(SWA_RESUME, fingerprint, state, model, optimizer, progress)
+        save_training_state(SWA_RESUME, key, state, model, optimizer, progress)
 
     def average() -> None:
         swa_model.update_parameters(model)
@@ -135,7 +136,7 @@ def average_weights(
         after_step=average if cfg.strategy == "ema" else None,
         after_epoch=average_and_anneal, scored=swa_model.module,
         first_epoch=(resumed.epoch if resumed else 0) + 1,
-        logged=save_state if is_main() and fingerprint else None,
+        logged=save_state if is_main() and key else None,
     )  # fmt: skip
     update_bn(batches(train_data.images, train_cfg.batch_size), swa_model, device=device)
     return swa_model
@@ -155,11 +156,10 @@ def finalize(params: Params, device: torch.device) -> None:
         print(f"swa ({cfg.strategy}): {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} from {TRAIN_MODEL}, "
               f"lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")  # fmt: skip
     # what a saved state must match: the params swa reads, the process count, inputs, code
-    config = [cfg.model_dump(), train_cfg.model_dump(), world_size()]
-    fingerprint = run_fingerprint(config, (TRAIN_DATA, VAL_DATA, TRAIN_MODEL))
+    key = run_key(params, SWA_RESUME, [world_size()], (TRAIN_DATA, VAL_DATA, TRAIN_MODEL))
     with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
         swa_model = average_weights(
-            model, train_data, val_data, cfg, train_cfg, info["final_lr"], log, fingerprint
+            model, train_data, val_data, cfg, train_cfg, info["final_lr"], log, key
         )
     if not is_main():
         return

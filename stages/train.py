@@ -16,11 +16,12 @@ from __future__ import annotations
 import torch
 
 from stages.checkpoints import (
+    RunKey,
     TrainingState,
     load_training_state,
     read_training_state,
     remove_training_state,
-    run_fingerprint,
+    run_key,
     save_model,
     save_training_state,
 )
@@ -71,10 +72,10 @@ def train(params: Params, device: torch.device) -> None:
 
     # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
     # same epoch, or all stop (a rank whose params, data or code differ finds no match)
-    fingerprint = train_fingerprint(params, init_commit)
+    key = train_key(params, init_commit)
     state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
-    resumed = load_training_state(state, fingerprint, model, optimizer, schedule)
-    require_same(int(fingerprint[:15], 16), "params, data and code (their fingerprint)", device)
+    resumed = load_training_state(state, key, model, optimizer, schedule, str(TRAIN_RESUME))
+    require_same(int(key.full[:15], 16), "params, data and code (their fingerprint)", device)
     require_same(resumed.epoch if resumed else 0, "the epoch training resumes after", device)
     kept = resumed.kept if resumed else None
     done = resumed.epoch if resumed else 0
@@ -122,7 +123,7 @@ def train(params: Params, device: torch.device) -> None:
 
         def save_state(epoch: int) -> None:
             state = TrainingState(epoch, log.history, kept)
-            save_training_state(TRAIN_RESUME, fingerprint, state, model, optimizer, schedule)
+            save_training_state(TRAIN_RESUME, key, state, model, optimizer, schedule)
 
         if resumed is not None:
             if is_main():
@@ -189,11 +190,11 @@ def record_the_run(log: EpochLog, schedule: Schedule, watcher: Watcher | None, l
     )
 
 
-def train_fingerprint(params: Params, init_commit: str | None = None) -> str:
+def train_key(params: Params, init_commit: str | None = None) -> RunKey:
     """The params train reads, the commit train.init resolved to (a tag can be moved), the
     process count, its data and code."""
-    config = [params.model.model_dump(), params.train.model_dump(), init_commit, world_size()]
-    return run_fingerprint(config, (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST))
+    settings = [init_commit, world_size()]
+    return run_key(params, TRAIN_RESUME, settings, (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ DVC deletes a stage's outputs just before it runs the stage's command, so a valu
 refuses what the schema or this machine would refuse later, with the same message, before DVC
 has touched an output.
 
+It also removes what an interrupted run left that nothing can use any more: a resume state
+saved under other params (a run stopped, then its params reverted) and staging files.
+
 Its output is the JSON Schema of params.yaml (editors check and complete params.yaml with it):
 the same bytes for every valid params.yaml, so a changed value reruns this stage, in about two
 seconds, and nothing else because of it; each stage's own params decide what else reruns.
@@ -12,12 +15,17 @@ seconds, and nothing else because of it; each stage's own params decide what els
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from pathlib import Path
 
 from stages.cli import run_stage
-from stages.files import atomic_path
+from stages.files import PARTIAL_SUFFIX, atomic_path, tensor_layout
 from stages.params import Params, Train, load_params
-from stages.paths import PARAMS_SCHEMA
+from stages.paths import PARAMS_SCHEMA, RESUME_PARAMS_KEY, RESUME_SECTIONS
+
+OUTPUT_DIRS = (Path("data"), Path("models"), Path("metrics"))
 
 
 def main() -> None:
@@ -26,6 +34,8 @@ def main() -> None:
     params = load_params()
     check_machine(params.train)
     print("validate: params.yaml is valid")
+    remove_stale_resume_states(params)
+    remove_staging_leftovers()
 
 
 def write_schema() -> None:
@@ -46,6 +56,40 @@ def check_machine(cfg: Train) -> None:
         from stages.registry import fixed_commit
 
         fixed_commit(cfg.init, "train.init")
+
+
+def remove_stale_resume_states(params: Params) -> None:
+    """A state saved under other values of its stage's params (or unreadable) can never be
+    resumed: the stage would start over and replace it, and if the params were reverted to what
+    dvc.lock records, the stage never runs again to do so."""
+    for path, sections in RESUME_SECTIONS.items():
+        try:
+            saved_under = tensor_layout(path)[0].get(RESUME_PARAMS_KEY)
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            saved_under = None
+        if saved_under != params.digest(sections):
+            path.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+            print(f"validate: removed {path}, saved by a run of other params: it cannot resume")
+
+
+def remove_staging_leftovers() -> None:
+    """Staging files and folders of writes that a killed stage never finished (SIGKILL, power
+    loss). No stage runs beside this one: DVC holds the workspace's lock."""
+    found = [*Path(".").glob(f".*{PARTIAL_SUFFIX}")]
+    for folder in OUTPUT_DIRS:
+        found += folder.rglob(f"*{PARTIAL_SUFFIX}")
+    for leftover in found:
+        if not leftover.exists():  # inside a staging folder removed before it
+            continue
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        print(f"validate: removed {leftover}, left by an interrupted write")
 
 
 if __name__ == "__main__":

@@ -87,14 +87,31 @@ class Workdir:
         node[last] = value
         (self.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
-    def run(self, stage: str, *launcher: str) -> subprocess.CompletedProcess[str]:
-        """`python [launcher ...] -m stages.<stage>` in this directory, with this checkout's code."""
+    def run(
+        self, stage: str, *launcher: str, args: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
+        """`python [launcher ...] -m stages.<stage> [args ...]` in this directory, with this
+        checkout's code."""
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("STAGES_DEBUG", None)
         return subprocess.run(
-            [sys.executable, *launcher, "-m", f"stages.{stage}"],
+            [sys.executable, *launcher, "-m", f"stages.{stage}", *args],
             cwd=self.path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
+
+    def assert_refused(self, stage: str, *phrases: str, args: tuple[str, ...] = ()) -> str:
+        """Run `stage`; it must fail cleanly (exit 2, one error, no traceback), say each of
+        `phrases`, and change no file here. Returns the message."""
+        before = self.snapshot()
+        result = self.run(stage, args=args)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+        message = result.stderr.strip()
+        assert message.startswith("error: "), message
+        for phrase in phrases:
+            assert phrase in message, message
+        assert self.snapshot() == before
+        return message
 
     def snapshot(self) -> dict[str, str]:
         return {

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from stages.checkpoints import (
     METADATA_KEY,
+    RunKey,
     TrainingState,
     decode,
     encode,
@@ -126,6 +127,9 @@ def resume_config(params: Params, optimizer: str, scheduler: str, **changes: obj
     )  # fmt: skip
 
 
+KEY = RunKey("params digest", "full fingerprint")
+
+
 def training_run(cfg: Train, data: Images, seed: int):
     """A model with dropout, its optimizer and schedule, initialised from `seed`."""
     torch.manual_seed(seed)
@@ -156,12 +160,12 @@ def test_training_state_resumes_bit_for_bit(
     first = training_run(cfg, data, seed=0)
     run_epochs(cfg, data, first, range(1, 2))
     state = TrainingState(1, [{"val/acc": 0.5}], {"weights": {"w": torch.ones(2)}, "lr": 0.1})
-    save_training_state(tmp_path / "s.safetensors", "fp", state, *first)
+    save_training_state(tmp_path / "s.safetensors", KEY, state, *first)
     torch.rand(100)  # whatever happens between the kill and the rerun
 
     resumed = training_run(cfg, data, seed=123)  # different init: everything must be restored
     saved = read_training_state(tmp_path / "s.safetensors")
-    loaded = load_training_state(saved, "fp", *resumed)
+    loaded = load_training_state(saved, KEY, *resumed)
     assert (loaded.epoch, loaded.history, loaded.kept["lr"]) == (1, state.history, 0.1)
     assert torch.equal(loaded.kept["weights"]["w"], torch.ones(2))
     run_epochs(cfg, data, resumed, range(2, EPOCHS + 1))
@@ -180,9 +184,9 @@ def test_warm_up_resumes_bit_for_bit(tmp_path: Path, params: Params, small_data)
     run_epochs(cfg, data, straight, range(1, EPOCHS + 1))
     first = training_run(cfg, data, seed=0)
     run_epochs(cfg, data, first, range(1, 2))
-    save_training_state(tmp_path / "s.safetensors", "fp", TrainingState(1, []), *first)
+    save_training_state(tmp_path / "s.safetensors", KEY, TrainingState(1, []), *first)
     resumed = training_run(cfg, data, seed=1)
-    load_training_state(read_training_state(tmp_path / "s.safetensors"), "fp", *resumed)
+    load_training_state(read_training_state(tmp_path / "s.safetensors"), KEY, *resumed)
     run_epochs(cfg, data, resumed, range(2, EPOCHS + 1))
     assert straight[2].trace == resumed[2].trace
     assert all(
@@ -198,9 +202,9 @@ def test_a_long_runs_lr_trace_fits_the_state_file(
     cfg = resume_config(params, "adamw", "cosine")
     run = training_run(cfg, small_data[0], seed=0)
     run[2].trace = [0.1 + i * 1e-9 for i in range(6_000_000)]
-    save_training_state(tmp_path / "s.safetensors", "fp", TrainingState(1, []), *run)
+    save_training_state(tmp_path / "s.safetensors", KEY, TrainingState(1, []), *run)
     resumed = training_run(cfg, small_data[0], seed=0)
-    load_training_state(read_training_state(tmp_path / "s.safetensors"), "fp", *resumed)
+    load_training_state(read_training_state(tmp_path / "s.safetensors"), KEY, *resumed)
     assert resumed[2].trace == run[2].trace
 
 
@@ -218,17 +222,41 @@ def test_state_encoding_keeps_every_type() -> None:
     assert [type(v) for v in decoded[1]] == [type(v) for v in value[1]]
 
 
-def test_training_state_of_other_inputs_or_damaged_is_ignored(
-    tmp_path: Path, params: Params, small_data
+def test_training_state_of_other_inputs_or_damaged_is_ignored_and_says_so(
+    tmp_path: Path, params: Params, small_data, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, _ = small_data
     run = training_run(params.train, data, seed=0)[:3]
     path = tmp_path / "s.safetensors"
-    assert load_training_state(read_training_state(path), "fp", *run) is None  # no file
-    save_training_state(path, "fp", TrainingState(1, []), *run)
-    assert load_training_state(read_training_state(path), "other params", *run) is None
-    assert load_training_state(path.read_bytes()[:200], "fp", *run) is None
-    assert load_training_state(pickle.dumps({"epoch": 1}), "fp", *run) is None
+    assert load_training_state(read_training_state(path), KEY, *run) is None  # no file
+    assert capsys.readouterr().err == ""
+    save_training_state(path, KEY, TrainingState(1, []), *run)
+    other = RunKey(KEY.params, "other inputs")
+    assert load_training_state(read_training_state(path), other, *run, name="S") is None
+    assert capsys.readouterr().err == "note: S is of other params, data or code: starting over\n"
+    saved = path.read_bytes()
+    absurd = (2**62).to_bytes(8, "little") + saved[8:]  # a header of 4 EiB claimed
+    for damaged in saved[:200], bytes(len(saved)), absurd, pickle.dumps({"epoch": 1}):
+        assert load_training_state(damaged, KEY, *run, name="S") is None
+        (note,) = capsys.readouterr().err.splitlines()
+        assert note.startswith("note: S is damaged (") and note.endswith("): starting over")
+
+
+def test_a_state_that_matches_the_run_but_not_its_tensors_is_refused(
+    tmp_path: Path, params: Params, small_data
+) -> None:
+    """Not written by this code (its key matches, its tensors are another network's): resuming
+    it would run on a half-loaded model, starting over would hide it."""
+    path = tmp_path / "s.safetensors"
+    save_training_state(
+        path, KEY, TrainingState(1, []), *training_run(params.train, small_data[0], 0)
+    )
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(16,)))
+    optimizer = build_optimizer(model.parameters(), params.train, params.train.learning_rate)
+    schedule = build_schedule(optimizer, params.train, 4)
+    with pytest.raises(StageError, match="S matches this run but its tensors do not"):
+        load_training_state(path.read_bytes(), KEY, model, optimizer, schedule, name="S")
 
 
 def write_with_metadata(path: Path, metadata: str, model: MLP | None = None) -> None:

@@ -27,20 +27,6 @@ from .conftest import ROOT, Workdir
 CLOSED_PORT_MIRROR = "http://127.0.0.1:9/"  # the discard port: nothing listens, refused at once
 
 
-def assert_refused(work: Workdir, stage: str, *phrases: str) -> str:
-    """Run `stage`; it must fail cleanly, say each of `phrases`, and change no file."""
-    before = work.snapshot()
-    result = work.run(stage)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    message = result.stderr.strip()
-    assert message.startswith("error: ")
-    for phrase in phrases:
-        assert phrase in message, message
-    assert work.snapshot() == before
-    return message
-
-
 @pytest.fixture()
 def work(tmp_path: Path) -> Workdir:
     return Workdir.with_project_params(tmp_path)
@@ -73,12 +59,12 @@ def test_bad_params_are_refused_before_any_work(
     earlier = work.path / "data" / "split" / "train.safetensors"
     earlier.parent.mkdir(parents=True)
     earlier.write_bytes(b"an earlier output that must survive")
-    assert_refused(work, "split", "params.yaml", *phrases)
+    work.assert_refused("split", "params.yaml", *phrases)
 
 
 def test_params_that_are_not_yaml_are_refused(work: Workdir) -> None:
     (work.path / "params.yaml").write_text("train: [unclosed\n")
-    assert_refused(work, "split", "params.yaml")
+    work.assert_refused("split", "params.yaml")
 
 
 # ---- data: the download stage, offline, from a local folder holding one bad file ----
@@ -127,13 +113,13 @@ def test_bad_data_files_are_refused_and_earlier_data_kept(
     work.set("download.mirrors", [CLOSED_PORT_MIRROR])
     (work.path / RAW_DIR).mkdir(parents=True)
     (work.path / RAW_DIR / "earlier.txt").write_text("the last good download")
-    assert_refused(work, "download", *phrases, CLOSED_PORT_MIRROR)
+    work.assert_refused("download", *phrases, CLOSED_PORT_MIRROR)
 
 
 def test_missing_source_dir_while_offline_names_every_source(work: Workdir) -> None:
     work.set("download.source_dir", str(work.path / "no-such-dir"))
     work.set("download.mirrors", [CLOSED_PORT_MIRROR])
-    assert_refused(work, "download", "no-such-dir", CLOSED_PORT_MIRROR)
+    work.assert_refused("download", "no-such-dir", CLOSED_PORT_MIRROR)
 
 
 # ---- models: the evaluate stage, on a real (subset) split, with one bad weights file ----
@@ -175,15 +161,15 @@ def test_bad_weights_files_are_refused_without_running_them(
     work_with_models: Workdir, damage: Callable[[Path], None], phrases: list[str]
 ) -> None:
     damage(work_with_models.path / TRAIN_MODEL)
-    assert_refused(work_with_models, "evaluate", str(TRAIN_MODEL), *phrases)
+    work_with_models.assert_refused("evaluate", str(TRAIN_MODEL), *phrases)
     assert not (work_with_models.path / TRAIN_MODEL).with_name("pwned").exists()
 
 
 def test_onnx_parity_failure_reports_the_largest_difference(work_with_models: Workdir) -> None:
     work_with_models.set("export.atol", 1e-12)
     work_with_models.set("export.rtol", 0.0)
-    message = assert_refused(
-        work_with_models, "export", "export.atol 1e-12 + export.rtol 0", "Nothing was exported"
+    message = work_with_models.assert_refused(
+        "export", "export.atol 1e-12 + export.rtol 0", "Nothing was exported"
     )
     largest = float(message.split("max |logit difference| ")[1].split()[0])
     assert 0 < largest < 1e-3  # a real float32 difference, reported, not a placeholder

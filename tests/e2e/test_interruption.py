@@ -101,3 +101,24 @@ def test_killed_training_resumes_to_the_uninterrupted_result(project: Project, c
     straight = project.run("dvc", "repro", *FORCED, stage)
     assert "resuming" not in straight.stdout
     assert lock_hashes(project.read("dvc.lock")) == resumed
+
+
+def test_what_a_reverted_run_left_is_removed_before_anything_runs(project: Project) -> None:
+    """A run killed, then its params reverted to what dvc.lock records: train never runs again
+    to replace its resume state, so the validate stage removes it, and staging leftovers."""
+    project.run("git", "checkout", "-q", "params.yaml")
+    project.set_params({"train": {"epochs": EPOCHS}})
+    project.run("dvc", "repro", "train")
+    recorded = project.read("params.yaml")
+    project.set_params({"train": {"lr": 0.003}})
+    kill_mid_training(project, "train", random.Random("reverted"))
+    (project.path / "params.yaml").write_text(recorded)
+    leftover = project.path / TRAIN_MODEL.with_name(f".{TRAIN_MODEL.name}.0123abcd.partial")
+    leftover.write_bytes(b"half a model")
+
+    rerun = project.run("dvc", "repro", "train").stdout
+    assert f"validate: removed {TRAIN_RESUME}, saved by a run of other params" in rerun, rerun
+    assert f"validate: removed {leftover.relative_to(project.path)}" in rerun
+    assert not (project.path / TRAIN_RESUME.parent).exists() and not leftover.exists()
+    assert "Running stage 'train'" not in rerun  # its outputs restored from the cache
+    assert (project.path / TRAIN_MODEL).is_file()

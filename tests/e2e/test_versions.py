@@ -4,6 +4,7 @@ API and the predict command; a DVC remote that restores a tagged model without r
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from stages.checkpoints import load_model as load_model_file
+from stages.cli import StageError
 from stages.fashion_mnist import CLASSES
 from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
 from stages.registry import load_model
@@ -176,3 +178,23 @@ def test_a_model_that_is_not_here_is_one_message_naming_what_to_run(
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert "is not here" in line and build in line and "dvc pull models/export" in line
+
+
+def test_a_damaged_model_from_another_repository_is_one_message_naming_it(
+    tagged: Project, tmp_path: Path
+) -> None:
+    """Another project's copy whose cache holds a damaged model at the tag (a disk error, a
+    bad copy): load_model says which file of which version, and never runs its bytes."""
+    other = tmp_path / "other"
+    shutil.copytree(tagged.path, other, symlinks=True)
+    md5 = hashlib.md5((other / EXPORT_WEIGHTS).read_bytes()).hexdigest()
+    cached = other / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    for damaged in cached, other / EXPORT_WEIGHTS:
+        damaged.chmod(0o644)
+        damaged.write_bytes(bytes(damaged.stat().st_size))
+    for rev in TAG, None:
+        with pytest.raises(StageError) as refused:
+            load_model(rev=rev, repo=str(other))
+        message = str(refused.value)
+        assert f"{EXPORT_WEIGHTS} of {other} at {rev or 'the workspace'}" in message, message
+        assert "not a valid safetensors file" in message and "dvc checkout" in message
