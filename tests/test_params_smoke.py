@@ -123,7 +123,7 @@ def work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
 
 
 @settings(
-    max_examples=8,
+    max_examples=3,  # each runs the whole pipeline; the explicit examples above run too
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking takes minutes per stage run

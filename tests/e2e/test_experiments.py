@@ -16,7 +16,7 @@ METRIC_FILES = {"metrics/test.json", "metrics/calibration.json", "metrics/train/
 
 
 def experiments(project: Project) -> dict[str, dict]:
-    """Name -> {state, params, metrics} of every experiment of the current commit; `state` is
+    """Name -> {state, params, metrics, outs (their md5)} of every experiment of the current commit; `state` is
     the queue executor's ("success", "failed", ...) or, for a workspace run, "success"."""
     rows = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     found = {}
@@ -30,6 +30,7 @@ def experiments(project: Project) -> dict[str, dict]:
                     ),
                     "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
                     "metrics": {k: v.get("data", {}) for k, v in data.get("metrics", {}).items()},
+                    "outs": {k: v.get("hash") for k, v in (data.get("outs") or {}).items()},
                 }
     return found
 
@@ -133,7 +134,9 @@ def test_warm_start_from_a_tag_records_its_commit_and_refuses_a_branch(
 
 
 @pytest.mark.slow
-def test_queued_experiments_run_in_parallel_workers(reproduced: Project) -> None:
+def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
+    reproduced: Project,
+) -> None:
     reproduced.run("dvc", "exp", "run", "--queue", "-S", "swa.lr=0.0005,0.002")
     # a refused value fails its own experiment in the validate stage, not the others
     reproduced.run("dvc", "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.lr=-1")
@@ -157,4 +160,11 @@ def test_queued_experiments_run_in_parallel_workers(reproduced: Project) -> None
     assert experiments(reproduced)["bad-lr"]["state"] == "failed"
     log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
     assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
+
+    # the same experiment alone, in a temporary copy: the bytes the parallel workers made
+    reproduced.run("dvc", "exp", "run", "--temp", "-n", "alone", "-S", "swa.lr=0.0005")
+    alone = experiments(reproduced)["alone"]
+    (queued,) = (e for e in done if e["params"]["swa"]["lr"] == 0.0005)
+    assert alone["outs"] and alone["outs"] == queued["outs"]
+    assert alone["metrics"] == queued["metrics"]
     reproduced.assert_clean()

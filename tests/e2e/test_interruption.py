@@ -1,10 +1,10 @@
-"""A train or swa stage killed with SIGKILL at a random point (train under per-batch schedules,
-a warm-up, and ReduceLROnPlateau with early stopping that keeps the best epoch; swa with equal
-averages and with EMA): nothing half-written appears under an output's name, `dvc status`
-reports the stage as changed, and the rerun resumes from the last epoch's state and ends with
-the same bytes as a run that was never interrupted (so the schedule, the average and the
-stopping decision, too, continue where they stopped). tests/test_checkpoints.py resumes every
-optimizer and scheduler in-process."""
+"""A train or swa stage killed with SIGKILL at a random point (train under a per-batch schedule,
+and under ReduceLROnPlateau with early stopping that keeps the best epoch; swa with equal
+averages, and with EMA and BatchNorm): nothing half-written appears under an output's name,
+`dvc status` reports the stage as changed, and the rerun resumes from the last epoch's state
+and ends with the same bytes as a run that was never interrupted (so the schedule, the average
+and the stopping decision, too, continue where they stopped). tests/test_checkpoints.py
+resumes every optimizer and scheduler, and a warm-up, in-process."""
 
 from __future__ import annotations
 
@@ -27,10 +27,6 @@ EPOCHS = 12  # a second or two of training on the subset, so there is time to ki
 # each changes the lr after the first epochs, where a kill lands
 CASES = {
     "train: onecycle": {"train": {"scheduler": "onecycle"}},
-    "train: warm-up + sgdr": {"train": {
-        "scheduler": "cosine_warm_restarts", "warmup_epochs": 2,
-        "schedulers": {"cosine_warm_restarts": {"T_0": 2}},
-    }},
     "train: plateau + early stopping, keep best": {"train": {
         "scheduler": "plateau", "schedulers": {"plateau": {"patience": 0}}, "keep": "best",
         "early_stopping": {"metric": "val/acc", "mode": "max", "patience": 4, "min_delta": 0.0},
