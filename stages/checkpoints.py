@@ -2,7 +2,7 @@
 and the resumable state of a training run.
 
 The architecture travels in the file's metadata, so any model file can be loaded without the
-params that made it. Metadata is one JSON string under one key: safetensors writes a metadata
+params that made it. A model file's metadata is one JSON string under one key: safetensors writes a metadata
 dict with several keys in hash order, which would change the file's hash from run to run. A
 file's metadata is validated, and its tensor shapes compared with what that architecture needs,
 before any memory is allocated for the model: files may come from any repository.
@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from stages.cli import StageError
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_path, sha256_file, tensor_layout
+from stages.files import PARTIAL_SUFFIX, atomic_path, sha256_file, tensor_layout
 from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
 from stages.params import Model as ModelParams
 from stages.params import Params
@@ -63,7 +63,8 @@ def save_model(model: MLP, path: Path, info: dict[str, Any] | None = None) -> No
 def _refuse(name: str, problem: str) -> StageError:
     return StageError(
         f"{name} {problem}. Model files are only read as safetensors, never unpickled. If it is "
-        "one of this pipeline's outputs, restore it (dvc checkout) or rebuild it (dvc repro)"
+        "one of this pipeline's outputs, restore it (dvc checkout; dvc pull where a remote has "
+        "it) or rebuild it (dvc repro, in the repository and revision it came from)"
     )
 
 
@@ -245,9 +246,11 @@ def run_key(params: Params, stage: Path, settings: list[Any], inputs: tuple[Path
 
 
 def remove_training_state(path: Path) -> None:
-    """Once the stage's output is written: the state, and its folder when nothing else is in
-    it (an interrupted write may have left a staging file there)."""
+    """Once the stage's output is written: the state, any staging file of it that a killed run
+    left (a kill during a save), and its folder when nothing else is in it."""
     path.unlink(missing_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.*{PARTIAL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.parent.rmdir()
 
@@ -277,10 +280,12 @@ def load_training_state(
         header_size = int.from_bytes(data[:8], "little")
         raw = json.loads(data[8 : 8 + header_size])["__metadata__"][RESUME_KEY]
         content = decode(json.loads(raw), tensors)
+        saved = TrainingState(content["epoch"], content["history"], content["kept"])
+        fingerprint = content["fingerprint"]
     except (SafetensorError, ValueError, KeyError, TypeError) as e:
         print(f"note: {name} is damaged ({type(e).__name__}: {e}): starting over", file=sys.stderr)
         return None
-    if content["fingerprint"] != key.full:
+    if fingerprint != key.full:
         print(f"note: {name} is of other params, data or code: starting over", file=sys.stderr)
         return None
     device = next(model.parameters()).device
@@ -294,4 +299,4 @@ def load_training_state(
             f"{name} matches this run but its tensors do not ({type(e).__name__}: {e}); it was "
             "not written by this pipeline. Delete it and rerun (dvc repro)"
         ) from None
-    return TrainingState(content["epoch"], content["history"], content["kept"])
+    return saved

@@ -14,7 +14,6 @@ difference.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from stages.checkpoints import load_model, save_model
 from stages.cli import StageError, run_stage
 from stages.data import Images, load_split
 from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_dir, atomic_path, copy_file, sha256_file, write_json
+from stages.files import atomic_dir, atomic_path, copy_file, read_json, sha256_file, write_json
 from stages.lesson import STACK, NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
 from stages.model import MLP, MLPConfig, fold_temperature, predict_logits
 from stages.params import Export, Params, load_params
@@ -96,7 +95,13 @@ def onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own classes (Fail, InvalidGraph, ...), no common base
+        raise StageError(
+            f"ONNX Runtime {ort.__version__} cannot load the exported graph ({e}): choose an "
+            "export.opset it supports (18 works everywhere). Nothing was exported"
+        ) from None
     return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
 
@@ -198,12 +203,12 @@ def model_card(
         },
         "output": {"name": OUTPUT_NAME, "shape": ["batch", len(CLASSES)], "dtype": "float32"},
         "classes": list(CLASSES),
-        "test_metrics": json.loads(TEST_METRICS.read_text()),
+        "test_metrics": read_json(TEST_METRICS, "dvc repro evaluate"),
         "calibration": calibration,
         "onnx_parity": parity,
         "lesson_layout": lesson,
         "params": params.model_dump(include={"split", "model", "train", "swa", "export"}),
-        "data": json.loads(SPLIT_MANIFEST.read_text()),
+        "data": read_json(SPLIT_MANIFEST, "dvc repro split"),
         "files_sha256": files,
     }
 

@@ -63,6 +63,20 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(text)
 
 
+def read_json(path: Path, rebuild: str) -> Any:
+    """A JSON output of an earlier stage; StageError naming it and `rebuild` (the command that
+    writes it) if it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path} is missing: run {rebuild}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StageError(
+            f"{path} is not valid JSON ({e}): restore it (dvc checkout {path}) or rebuild it "
+            f"({rebuild})"
+        ) from None
+
+
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
     """Rows with the same keys as a CSV table (for `dvc plots`); into a staging directory."""
     buffer = io.StringIO()

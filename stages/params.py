@@ -293,7 +293,8 @@ class Evaluate(Strict):
 class Export(Strict):
     model: Literal["swa", "train"]
     opset: Annotated[int, Field(ge=18, le=28)]
-    """torch's exporter writes 18 and up; 28 is the newest the locked onnx knows."""
+    """export builds the graph itself (Flatten, Gemm, Relu: unchanged since opset 13); 18 as the
+    floor ONNX Runtime builds everywhere support, 28 the newest the locked onnx knows."""
     atol: PositiveFloat
     rtol: NonNegativeFloat
     """The parity check allows |logit difference| <= atol + rtol x the largest |logit|."""

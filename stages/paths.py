@@ -17,9 +17,12 @@ SPLIT_MANIFEST = SPLIT_DIR / "manifest.json"
 TRAIN_MODEL = Path("models/train.safetensors")
 TRAIN_RESUME = Path("models/resume/train.safetensors")  # not an out: DVC deletes outs first
 SWA_RESUME = Path("models/resume/swa.safetensors")
-RESUME_SECTIONS = {TRAIN_RESUME: ("model", "train"), SWA_RESUME: ("swa", "train")}
-"""The params.yaml sections each resume state belongs to: validate removes a state saved under
-other values, which no run could resume."""
+RESUME_SECTIONS = {
+    TRAIN_RESUME: ("split", "model", "train"),
+    SWA_RESUME: ("split", "model", "train", "swa"),
+}
+"""The params.yaml sections each resume state depends on (directly, or through its inputs):
+validate removes a state saved under other values, which no run could resume."""
 RESUME_PARAMS_KEY = "params"  # the state file's metadata entry holding Params.digest
 SWA_MODEL = Path("models/swa.safetensors")
 MODELS = {"train": TRAIN_MODEL, "swa": SWA_MODEL}

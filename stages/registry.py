@@ -99,7 +99,9 @@ def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> No
     without the export's calibration temperature: dropout may differ (it has no weights), the
     layers may not. A model of another
     architecture is refused with both shapes."""
-    source, info = model_from_bytes(read_model_bytes(commit), f"{EXPORT_WEIGHTS} at {rev}")
+    source, info = model_from_bytes(
+        read_model_bytes(commit), f"{EXPORT_WEIGHTS} of {_where(rev, None)}"
+    )
     # export folds a calibration temperature into the last layer; training starts from the
     # uncalibrated network (the temperature was fitted on the validation split it ranks on)
     fold_temperature(source, 1 / info.get("temperature", 1.0))

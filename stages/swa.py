@@ -29,7 +29,7 @@ from stages.checkpoints import (
     save_model,
     save_training_state,
 )
-from stages.cli import run_stage
+from stages.cli import StageError, run_stage
 from stages.data import Images, load_split
 from stages.distributed import (
     broadcast_bytes,
@@ -150,17 +150,21 @@ def finalize(params: Params, device: torch.device) -> None:
     cfg, train_cfg = params.swa, params.train
     seed_everything(cfg.seed, device)
     model, info = load_model(TRAIN_MODEL, device)
+    final_lr = info.get("final_lr")
+    if not isinstance(final_lr, float | int):
+        raise StageError(
+            f"{TRAIN_MODEL} has no final_lr in its metadata: it was not written by the train "
+            "stage, whose last learning rate SWA starts from. Rebuild it (dvc repro train)"
+        )
     train_data, val_data = load_split(TRAIN_DATA, device), load_split(VAL_DATA, device)
 
     if is_main():
         print(f"swa ({cfg.strategy}): {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} from {TRAIN_MODEL}, "
-              f"lr {info['final_lr']:.2e} -> {cfg.lr:.2e}")  # fmt: skip
+              f"lr {final_lr:.2e} -> {cfg.lr:.2e}")  # fmt: skip
     # what a saved state must match: the params swa reads, the process count, inputs, code
     key = run_key(params, SWA_RESUME, [world_size()], (TRAIN_DATA, VAL_DATA, TRAIN_MODEL))
     with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
-        swa_model = average_weights(
-            model, train_data, val_data, cfg, train_cfg, info["final_lr"], log, key
-        )
+        swa_model = average_weights(model, train_data, val_data, cfg, train_cfg, final_lr, log, key)
     if not is_main():
         return
     if cfg.epochs == 0:

@@ -34,8 +34,8 @@ def main() -> None:
     params = load_params()
     check_machine(params.train)
     print("validate: params.yaml is valid")
-    remove_stale_resume_states(params)
     remove_staging_leftovers()
+    remove_stale_resume_states(params)
 
 
 def write_schema() -> None:
@@ -59,26 +59,33 @@ def check_machine(cfg: Train) -> None:
 
 
 def remove_stale_resume_states(params: Params) -> None:
-    """A state saved under other values of its stage's params (or unreadable) can never be
-    resumed: the stage would start over and replace it, and if the params were reverted to what
-    dvc.lock records, the stage never runs again to do so."""
+    """A state saved under other values of the params it depends on can never be resumed: the
+    stage would start over and replace it, and if the params were reverted to what dvc.lock
+    records, the stage never runs again to do so. An unreadable one is no use either."""
     for path, sections in RESUME_SECTIONS.items():
+        if not path.is_file():
+            continue
         try:
             saved_under = tensor_layout(path)[0].get(RESUME_PARAMS_KEY)
-        except FileNotFoundError:
+            why = "saved by a run of other params" if saved_under else "not a resume state"
+        except (OSError, ValueError):
+            saved_under, why = None, "not a readable resume state"
+        if saved_under == params.digest(sections):
             continue
-        except ValueError:
-            saved_under = None
-        if saved_under != params.digest(sections):
+        try:
             path.unlink()
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
-            print(f"validate: removed {path}, saved by a run of other params: it cannot resume")
+        except OSError as e:
+            print(f"validate: note: could not remove {path} ({e}), which cannot resume")
+            continue
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+        print(f"validate: removed {path}, {why}: it cannot resume")
 
 
 def remove_staging_leftovers() -> None:
     """Staging files and folders of writes that a killed stage never finished (SIGKILL, power
-    loss). No stage runs beside this one: DVC holds the workspace's lock."""
+    loss). Under DVC no stage runs beside this one (DVC holds the workspace's lock); a stage
+    started by hand meanwhile would lose its staged write and fail, losing nothing else."""
     found = [*Path(".").glob(f".*{PARTIAL_SUFFIX}")]
     for folder in OUTPUT_DIRS:
         found += folder.rglob(f"*{PARTIAL_SUFFIX}")

@@ -24,6 +24,13 @@ from stages.params import PARAMS_FILE, Params, load_params
 from stages.paths import MODELS, RAW_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One thread per torch process: two pytest workers (pyproject.toml) share the cores, and
+    two processes at two threads each on two cores slow each other many times over."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -60,12 +60,24 @@ def test_parity_scales_with_the_logits() -> None:
         check_parity(reference, other, atol=1e-4, rtol=0)
 
 
-def test_export_carries_no_source_paths(tmp_path: Path) -> None:
-    # the exporter records stack traces with absolute paths; they would make the hash depend
-    # on where the project is checked out
-    export_onnx(MLP(MLPConfig(hidden=(8,))), tmp_path / "m.onnx", opset=18)
-    content = (tmp_path / "m.onnx").read_bytes()
-    assert b"stack_trace" not in content and b"stages/model.py" not in content
+def test_the_graph_is_the_same_bytes_from_any_checkout_at_any_opset(
+    tmp_path: Path, small_data
+) -> None:
+    """Three hidden layers, BatchNorm and dropout, at the schema's newest opset: ONNX Runtime
+    matches PyTorch, and a second export (another path) writes the same bytes."""
+    torch.manual_seed(0)
+    model = MLP(MLPConfig(hidden=(24, 16, 8), dropout=0.2, batch_norm=True)).eval()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    export_onnx(model, tmp_path / "a" / "m.onnx", opset=28)
+    export_onnx(model, tmp_path / "b" / "m.onnx", opset=28)
+    content = (tmp_path / "a" / "m.onnx").read_bytes()
+    assert content == (tmp_path / "b" / "m.onnx").read_bytes()
+    assert b"stages/" not in content and str(tmp_path).encode() not in content
+    images = small_data[1].images[:50].unsqueeze(1)
+    onnx = onnx_logits(tmp_path / "a" / "m.onnx", images.numpy())
+    reference = predict_logits(model, images).numpy()
+    assert check_parity(reference, onnx, atol=1e-4, rtol=0)["predictions_equal"]
 
 
 def test_parity_check_counts_nan_as_a_difference() -> None:

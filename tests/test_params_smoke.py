@@ -136,6 +136,14 @@ def work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Workdir:
 @example(changes={"evaluate.misclassified_grid": 20, "evaluate.batch_size": 1})
 @example(changes={"evaluate.misclassified_grid": 1})  # a 1x1 grid: one Axes, no array (a bug once)
 @example(changes={"train.optimizer": "lbfgs", "train.loss": "bce", "train.scheduler": "plateau"})
+@example(
+    changes={
+        "export.opset": 28,
+        "model.hidden": [24, 16, 8],
+        "model.batch_norm": True,
+        "model.dropout": 0.2,
+    }
+)  # the hand-built ONNX graph, deep, at the newest opset
 @given(changes=st.lists(CHANGE, min_size=1, max_size=5).map(dict))
 def test_params_the_schema_accepts_run_every_stage(work: Workdir, changes: dict) -> None:
     raw = yaml.safe_load(yaml.safe_dump(PROJECT))

@@ -44,8 +44,10 @@ def test_resume_states_of_other_params_and_staging_leftovers_are_removed(tmp_pat
     assert not any(p.exists() for p in leftovers) and kept.is_file()
     assert not (work.path / "metrics" / "eval.partial").exists()
 
-    work.set("train.epochs", 3)  # now train's state, too, belongs to other params
-    assert work.run("validate").returncode == 0
+    work.set("split.seed", 7)  # train's state, too, depends on the split
+    result = work.run("validate")
+    assert result.returncode == 0, result.stderr
+    assert f"removed {TRAIN_RESUME}, saved by a run of other params" in result.stdout
     assert not (work.path / TRAIN_RESUME.parent).exists()
 
 
@@ -53,6 +55,8 @@ def test_an_unreadable_resume_state_is_removed(tmp_path: Path) -> None:
     work = Workdir.with_project_params(tmp_path)
     (work.path / TRAIN_RESUME).parent.mkdir(parents=True)
     (work.path / TRAIN_RESUME).write_bytes(bytes(100))
+    (work.path / SWA_RESUME).mkdir()  # a folder where a state would be: left alone, no crash
     result = work.run("validate")
     assert result.returncode == 0, result.stderr
-    assert not (work.path / TRAIN_RESUME).exists()
+    assert f"removed {TRAIN_RESUME}, not a readable resume state" in result.stdout
+    assert not (work.path / TRAIN_RESUME).exists() and (work.path / SWA_RESUME).is_dir()

@@ -108,6 +108,10 @@ def test_what_a_reverted_run_left_is_removed_before_anything_runs(project: Proje
     recorded = project.read("params.yaml")
     project.set_params({"train": {"lr": 0.003}})
     kill_mid_training(project, "train", random.Random("reverted"))
+    # a change to what train does not read keeps the state train would resume
+    project.set_params({"evaluate": {"misclassified_grid": 2}})
+    kept = project.run("dvc", "repro", "validate").stdout
+    assert (project.path / TRAIN_RESUME).is_file() and "removed" not in kept, kept
     (project.path / "params.yaml").write_text(recorded)
     leftover = project.path / TRAIN_MODEL.with_name(f".{TRAIN_MODEL.name}.0123abcd.partial")
     leftover.write_bytes(b"half a model")
