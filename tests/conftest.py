@@ -31,6 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
     two processes at two threads each on two cores slow each other many times over."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
