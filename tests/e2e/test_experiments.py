@@ -161,11 +161,12 @@ def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
     log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
     assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
 
-    # the same experiment alone, in a temporary copy, computed again (not restored from the
-    # run-cache the workers filled): the bytes the parallel workers made
+    # the same experiment alone, in a temporary copy, computed again from swa on (forced: not
+    # restored from the run-cache the workers filled): the bytes the parallel workers made
     run = reproduced.run(
-        "dvc", "exp", "run", "--temp", "--no-run-cache", "-n", "alone", "-S", "swa.lr=0.0005"
-    )
+        "dvc", "exp", "run", "--temp", "-f", "--downstream", "swa",
+        "-n", "alone", "-S", "swa.lr=0.0005",
+    )  # fmt: skip
     assert all(f"> python -m stages.{s}" in run.stdout for s in ("swa", "evaluate", "export"))
     alone = experiments(reproduced)["alone"]
     (queued,) = (e for e in done if e["params"]["swa"]["lr"] == 0.0005)

@@ -111,7 +111,7 @@ def test_what_a_reverted_run_left_is_removed_before_anything_runs(project: Proje
     # a change to what train does not read keeps the state train would resume
     project.set_params({"evaluate": {"misclassified_grid": 2}})
     kept = project.run("dvc", "repro", "validate").stdout
-    assert (project.path / TRAIN_RESUME).is_file() and "removed" not in kept, kept
+    assert (project.path / TRAIN_RESUME).is_file() and f"removed {TRAIN_RESUME}" not in kept, kept
     (project.path / "params.yaml").write_text(recorded)
     leftover = project.path / TRAIN_MODEL.with_name(f".{TRAIN_MODEL.name}.0123abcd.partial")
     leftover.write_bytes(b"half a model")
