@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,3 +124,39 @@ def stages_reproduced(result: subprocess.CompletedProcess[str]) -> set[str]:
     """The stages DVC found changed: run, or restored from the run-cache of an earlier run."""
     restored = {s for s in STAGES if f"Stage '{s}' is cached - skipping run" in result.stdout}
     return stages_run(result) | restored
+
+
+METRIC_FILES = {"metrics/test.json", "metrics/calibration.json", "metrics/train/metrics.json"}
+
+
+def experiments(project: Project) -> dict[str, dict]:
+    """Name -> {state, params, metrics, outs (their md5)} of every experiment of the current
+    commit; `state` is the queue executor's ("success", "failed", ...) or, for a workspace run,
+    "success"."""
+    rows = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    found = {}
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev.get("data") or {}
+                found[rev.get("name") or exp["name"]] = {
+                    "state": (exp.get("executor") or {}).get(
+                        "state", "success" if not rev.get("error") else "failed"
+                    ),
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": {k: v.get("data", {}) for k, v in data.get("metrics", {}).items()},
+                    "outs": {k: v.get("hash") for k, v in (data.get("outs") or {}).items()},
+                }
+    return found
+
+
+def measured(exp: dict) -> set[str]:
+    """The metrics files an experiment holds values of (dvc.yaml also lists the git-ignored
+    wall-clock files, which no experiment commit contains)."""
+    return {path for path, data in exp["metrics"].items() if data}
+
+
+def restore_workspace(project: Project) -> None:
+    project.run("git", "checkout", "-q", "--", ".")
+    project.run("dvc", "checkout", "-q")
+    project.assert_clean()

@@ -1,50 +1,16 @@
-"""Experiments: `dvc exp run -S`, the queue, and comparing them with exp show/diff, plots diff."""
+"""Experiments: `dvc exp run -S`, and comparing them with exp show/diff, plots diff. The queue:
+test_queue.py."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import Project
+from .conftest import METRIC_FILES, Project, experiments, measured, restore_workspace
 
 pytestmark = pytest.mark.e2e
-
-METRIC_FILES = {"metrics/test.json", "metrics/calibration.json", "metrics/train/metrics.json"}
-
-
-def experiments(project: Project) -> dict[str, dict]:
-    """Name -> {state, params, metrics, outs (their md5)} of every experiment of the current commit; `state` is
-    the queue executor's ("success", "failed", ...) or, for a workspace run, "success"."""
-    rows = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
-    found = {}
-    for row in rows:
-        for exp in row.get("experiments") or []:
-            for rev in exp["revs"]:
-                data = rev.get("data") or {}
-                found[rev.get("name") or exp["name"]] = {
-                    "state": (exp.get("executor") or {}).get(
-                        "state", "success" if not rev.get("error") else "failed"
-                    ),
-                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
-                    "metrics": {k: v.get("data", {}) for k, v in data.get("metrics", {}).items()},
-                    "outs": {k: v.get("hash") for k, v in (data.get("outs") or {}).items()},
-                }
-    return found
-
-
-def measured(exp: dict) -> set[str]:
-    """The metrics files an experiment holds values of (dvc.yaml also lists the git-ignored
-    wall-clock files, which no experiment commit contains)."""
-    return {path for path, data in exp["metrics"].items() if data}
-
-
-def restore_workspace(project: Project) -> None:
-    project.run("git", "checkout", "-q", "--", ".")
-    project.run("dvc", "checkout", "-q")
-    project.assert_clean()
 
 
 @pytest.fixture(scope="module")
@@ -131,45 +97,3 @@ def test_warm_start_from_a_tag_records_its_commit_and_refuses_a_branch(
     assert float(epoch0.split("acc ")[-1].split()[0]) > 0.5
     assert branch.returncode != 0
     assert "train.init = 'main' is a moving name" in branch.stdout + branch.stderr
-
-
-@pytest.mark.slow
-def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
-    reproduced: Project,
-) -> None:
-    reproduced.run("dvc", "exp", "run", "--queue", "-S", "swa.lr=0.0005,0.002")
-    # a refused value fails its own experiment in the validate stage, not the others
-    reproduced.run("dvc", "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.lr=-1")
-    reproduced.run("dvc", "queue", "start", "--jobs", "2")
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        status = reproduced.run("dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    else:
-        pytest.fail(f"queue did not finish:\n{status}")
-    done = [
-        e
-        for e in experiments(reproduced).values()
-        if e["params"].get("swa", {}).get("lr") in (0.0005, 0.002)
-    ]
-    assert len(done) == 2, status
-    assert all(e["state"] == "success" for e in done), done
-    assert all(measured(e) == METRIC_FILES for e in done)
-    assert experiments(reproduced)["bad-lr"]["state"] == "failed"
-    log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
-    assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
-
-    # the same experiment alone, in a temporary copy, computed again from swa on (forced: not
-    # restored from the run-cache the workers filled): the bytes the parallel workers made
-    run = reproduced.run(
-        "dvc", "exp", "run", "--temp", "-f", "--downstream", "swa",
-        "-n", "alone", "-S", "swa.lr=0.0005",
-    )  # fmt: skip
-    assert all(f"> python -m stages.{s}" in run.stdout for s in ("swa", "evaluate", "export"))
-    alone = experiments(reproduced)["alone"]
-    (queued,) = (e for e in done if e["params"]["swa"]["lr"] == 0.0005)
-    assert alone["outs"] and alone["outs"] == queued["outs"]
-    assert alone["metrics"] == queued["metrics"]
-    reproduced.assert_clean()

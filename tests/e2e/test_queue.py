@@ -1,0 +1,54 @@
+"""The experiment queue: two workers at once, a refused value failing only its own experiment,
+and the bytes the workers made equal to the same experiment run alone."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from .conftest import METRIC_FILES, Project, experiments, measured
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.slow
+def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
+    reproduced: Project,
+) -> None:
+    reproduced.run("dvc", "exp", "run", "--queue", "-S", "swa.lr=0.0005,0.002")
+    # a refused value fails its own experiment in the validate stage, not the others
+    reproduced.run("dvc", "exp", "run", "--queue", "-n", "bad-lr", "-S", "train.lr=-1")
+    reproduced.run("dvc", "queue", "start", "--jobs", "2")
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        status = reproduced.run("dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    else:
+        pytest.fail(f"queue did not finish:\n{status}")
+    done = [
+        e
+        for e in experiments(reproduced).values()
+        if e["params"].get("swa", {}).get("lr") in (0.0005, 0.002)
+    ]
+    assert len(done) == 2, status
+    assert all(e["state"] == "success" for e in done), done
+    assert all(measured(e) == METRIC_FILES for e in done)
+    assert experiments(reproduced)["bad-lr"]["state"] == "failed"
+    log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
+    assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
+
+    # the same experiment alone, in a temporary copy, computed again from swa on (forced: not
+    # restored from the run-cache the workers filled): the bytes the parallel workers made
+    run = reproduced.run(
+        "dvc", "exp", "run", "--temp", "-f", "--downstream", "swa",
+        "-n", "alone", "-S", "swa.lr=0.0005",
+    )  # fmt: skip
+    assert all(f"> python -m stages.{s}" in run.stdout for s in ("swa", "evaluate", "export"))
+    alone = experiments(reproduced)["alone"]
+    (queued,) = (e for e in done if e["params"]["swa"]["lr"] == 0.0005)
+    assert alone["outs"] and alone["outs"] == queued["outs"]
+    assert alone["metrics"] == queued["metrics"]
+    reproduced.assert_clean()
