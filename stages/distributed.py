@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from stages.cli import StageError
+from stages.numerics import pin
 from stages.params import Params, load_params
 
 LAUNCHED_ENV = "LOCAL_RANK"
@@ -180,6 +181,7 @@ def run_data_parallel(module: str, work: Callable[[Params, torch.device], None])
     params = load_params()
     device = machine_device(params.train.device, params.train.nproc)
     launch_if_asked(module, params.train.nproc, device)
+    pin(params.numerics, params.train.nproc, params.train.optimizer)
     with process_group(device) as device:
         work(params, device)
 

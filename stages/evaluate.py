@@ -30,6 +30,7 @@ from stages.fashion_mnist import CLASSES, IMAGE_SIDE
 from stages.files import atomic_dir, write_csv, write_json
 from stages.losses import LossFn, build_loss
 from stages.model import predict_logits
+from stages.numerics import pin
 from stages.params import load_params
 from stages.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
 
@@ -96,6 +97,7 @@ def draw_misclassified(
 
 def main() -> None:
     params = load_params()
+    pin(params.numerics)
     cfg, objective = params.evaluate, build_loss(params.train)
     test = load_split(TEST_DATA)
     results = {}

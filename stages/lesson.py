@@ -64,7 +64,9 @@ def lesson_state_dict(model: MLP) -> dict[str, torch.Tensor]:
             folded.append([module.weight.double(), module.bias.double()])
         elif isinstance(module, nn.BatchNorm1d):  # eval mode: a per-feature affine map
             weight, bias = folded[-1]
-            gain = module.weight.double() / (module.running_var.double() + module.eps).sqrt()
+            # rsqrt, not sqrt: MKL's vector sqrt rounds differently from one CPU model to the
+            # next (stages/numerics.py); ATen's rsqrt is the exact instruction and a division
+            gain = module.weight.double() * (module.running_var.double() + module.eps).rsqrt()
             shift = module.bias.double() - module.running_mean.double() * gain
             folded[-1] = [weight * gain[:, None], bias * gain + shift]
     first_weight, first_bias = folded[0]

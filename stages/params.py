@@ -302,6 +302,15 @@ class Export(Strict):
     """Temperature scaling fitted on the validation split, folded into the last layer."""
 
 
+class Numerics(Strict):
+    cpu: Literal["portable", "native"]
+    """portable: the same bytes on every x86-64 CPU with AVX2 and FMA (stages/numerics.py);
+    native: each CPU's fastest kernels, whose bytes hold on one CPU model."""
+    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"]
+    """Intra-op threads of a run, shared by its train.nproc processes; the summation order,
+    and so the bytes, depend on it. auto: torch's default (OMP_NUM_THREADS, or the cores)."""
+
+
 class Params(Strict):
     download: Download
     split: Split
@@ -310,6 +319,7 @@ class Params(Strict):
     swa: Swa
     evaluate: Evaluate
     export: Export
+    numerics: Numerics
 
     @model_validator(mode="after")
     def _batch_norm_sees_two_images_per_share(self) -> Params:

@@ -18,8 +18,8 @@ TRAIN_MODEL = Path("models/train.safetensors")
 TRAIN_RESUME = Path("models/resume/train.safetensors")  # not an out: DVC deletes outs first
 SWA_RESUME = Path("models/resume/swa.safetensors")
 RESUME_SECTIONS = {
-    TRAIN_RESUME: ("split", "model", "train"),
-    SWA_RESUME: ("split", "model", "train", "swa"),
+    TRAIN_RESUME: ("split", "model", "train", "numerics"),
+    SWA_RESUME: ("split", "model", "train", "swa", "numerics"),
 }
 """The params.yaml sections each resume state depends on (directly, or through its inputs):
 validate removes a state saved under other values, which no run could resume."""

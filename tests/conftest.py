@@ -20,6 +20,7 @@ from stages.checkpoints import save_model
 from stages.data import Images
 from stages.fashion_mnist import read_images_and_labels
 from stages.model import MLP, MLPConfig
+from stages.numerics import PORTABLE_ENV, cpu_flags, portable_unsupported
 from stages.params import PARAMS_FILE, Params, load_params
 from stages.paths import MODELS, RAW_DIR
 
@@ -28,9 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     """One thread per torch process: two pytest workers (pyproject.toml) share the cores, and
-    two processes at two threads each on two cores slow each other many times over."""
+    two processes at two threads each on two cores slow each other many times over. The
+    portable kernels, as the stages run in-process pin them (stages/numerics.py), before this
+    process runs its first kernel."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if portable_unsupported(cpu_flags()) is None:
+        os.environ.update(PORTABLE_ENV)
 
 
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -76,7 +81,9 @@ class Workdir:
     @classmethod
     def with_project_params(cls, path: Path) -> Workdir:
         shutil.copy(ROOT / "params.yaml", path / "params.yaml")
-        return cls(path)
+        work = cls(path)
+        work.set("numerics.threads", 1)  # as pytest_configure gives this process
+        return work
 
     @classmethod
     def with_raw_data(cls, path: Path, raw_dir: Path, subset: int, val_size: int) -> Workdir:

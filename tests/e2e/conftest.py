@@ -30,6 +30,7 @@ SMALL = {
     "train": {"epochs": 2, "batch_size": 128},
     "swa": {"epochs": 2, "anneal_epochs": 1},
     "evaluate": {"misclassified_grid": 3},
+    "numerics": {"threads": 1},  # two pytest workers share the cores
 }
 
 

@@ -21,8 +21,10 @@ from stages.paths import (
     TEST_METRICS,
 )
 
+from stages.numerics import cpu_flags, portable_unsupported
+
 from ..toolbox import LESSON_CLASS
-from .conftest import STAGES, Project, stages_run
+from .conftest import STAGES, Project, lock_hashes, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +69,33 @@ def test_exported_onnx_model_predicts_like_the_evaluated_model(reproduced: Proje
     logits = session.run(None, {"images": images})[0]
     accuracy = float((logits.argmax(1) == test["labels"]).mean())
     assert accuracy == pytest.approx(card["test_metrics"]["swa"]["accuracy"], abs=1e-4)
+
+
+REFERENCE = Path(__file__).with_name("reference_hashes.json")
+
+
+@pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
+def test_the_small_pipeline_writes_the_reference_bytes_on_any_x86_cpu(reproduced: Project) -> None:
+    """numerics.cpu = portable promises the same bytes on every x86-64 CPU with AVX2 and FMA:
+    this run's outs are those recorded on another machine (REFERENCE names it). CI runs this
+    on whatever machine it gets, so a CPU that computes other bytes shows up here."""
+    reference = json.loads(REFERENCE.read_text())
+    outs = lock_hashes(reproduced.run("git", "show", "HEAD:dvc.lock").stdout)
+    differ = sorted(path for path, md5 in reference["outs"].items() if outs.get(path) != md5)
+    assert not differ, (
+        f"{len(differ)} of {len(reference['outs'])} outputs differ from those recorded on "
+        f"{reference['recorded_on']}: {differ}. On this CPU ({cpu_model()}) the portable "
+        "numerics give other bytes: see README, Reproducibility. If a change to the stages is "
+        f"meant to change what they compute, record these in {REFERENCE.name}: "
+        + json.dumps(outs, indent=2)
+    )
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "unknown"
 
 
 def test_a_second_repro_runs_nothing(reproduced: Project) -> None:
