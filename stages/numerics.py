@@ -55,7 +55,7 @@ def portable_unsupported(flags: set[str]) -> str | None:
         return f"it is an x86-64 setting and this is {platform.machine()}"
     missing = REQUIRED_FLAGS - flags
     if missing:
-        return f"this CPU lacks {' and '.join(sorted(missing)).upper()}"
+        return "this CPU lacks " + " and ".join(sorted(flag.upper() for flag in missing))
     return None
 
 
@@ -80,7 +80,7 @@ def pin(numerics: Numerics, processes: int = 1, optimizer: str | None = None) ->
             "kernels in this process (a tensor operation ran before the stage pinned them). "
             "Start the stage in a fresh process (python -m stages.<name>, or dvc repro)"
         )
-    if optimizer in SQRT_OPTIMIZERS:
+    if optimizer in SQRT_OPTIMIZERS and os.environ.get("RANK", "0") == "0":
         print(f"note: {optimizer}'s update takes torch.sqrt, whose MKL kernel rounds differently "
               "on other CPU models: this run's bytes hold on this CPU model only "
               "(sgd, adam, adamw, adamax, adagrad, asgd, rprop and lbfgs are portable)")  # fmt: skip

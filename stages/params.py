@@ -306,7 +306,7 @@ class Numerics(Strict):
     cpu: Literal["portable", "native"]
     """portable: the same bytes on every x86-64 CPU with AVX2 and FMA (stages/numerics.py);
     native: each CPU's fastest kernels, whose bytes hold on one CPU model."""
-    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"]
+    threads: Annotated[int, Field(ge=1, le=256)] | Literal["auto"]
     """Intra-op threads of a run, shared by its train.nproc processes; the summation order,
     and so the bytes, depend on it. auto: torch's default (OMP_NUM_THREADS, or the cores)."""
 

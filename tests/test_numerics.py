@@ -1,0 +1,95 @@
+"""numerics.cpu and numerics.threads: what a stage process pins before its first kernel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stages.numerics import REQUIRED_FLAGS, cpu_flags, portable_unsupported
+
+from .conftest import ROOT
+
+X86 = portable_unsupported(REQUIRED_FLAGS) is None
+
+
+def pinned(numerics: str, before: str = "", optimizer: str = "None", processes: int = 1) -> str:
+    """What a fresh process reports after pin(); `before` runs first (a kernel, say)."""
+    code = textwrap.dedent(f"""
+        import os, torch
+        from stages.numerics import pin
+        from stages.params import Numerics
+        {before}
+        pin(Numerics.model_validate({numerics}), {processes}, {optimizer})
+        print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"),
+              torch.get_num_threads())
+    """)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    return result.stdout + result.stderr
+
+
+def test_cpu_flags_reads_the_first_cpus_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+        "processor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "missing") == set()
+
+
+@pytest.mark.skipif(not X86, reason="an x86-64 setting")
+def test_a_cpu_without_avx2_or_fma_is_named() -> None:
+    assert portable_unsupported({"sse2", "avx", "fma"}) == "this CPU lacks AVX2"
+    assert portable_unsupported({"sse2"}) == "this CPU lacks AVX2 and FMA"
+
+
+@pytest.mark.skipif(not X86, reason="an x86-64 setting")
+def test_portable_on_a_cpu_without_avx2_says_so_and_runs_its_own_kernels() -> None:
+    out = pinned(
+        "{'cpu': 'portable', 'threads': 1}",
+        before="import stages.numerics; stages.numerics.cpu_flags = lambda: {'sse2', 'fma'}",
+    )
+    note = (
+        "note: numerics.cpu = portable needs an x86-64 CPU with AVX2 and FMA, but this CPU "
+        "lacks AVX2: running its own kernels, so the bytes hold on this machine only"
+    )
+    assert note in out, out
+    assert out.split()[-3:-1] != ["AVX2", "COMPATIBLE"]  # nothing was pinned
+
+
+@pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
+def test_portable_pins_atens_avx2_kernels_mkls_compatible_branch_and_the_threads() -> None:
+    out = pinned("{'cpu': 'portable', 'threads': 2}")
+    assert out.split() == ["AVX2", "COMPATIBLE", "2"], out
+    # shared by the processes of a torchrun run
+    assert pinned("{'cpu': 'portable', 'threads': 4}", processes=2).split()[-1] == "2"
+
+
+def test_native_leaves_the_kernels_to_the_cpu() -> None:
+    out = pinned("{'cpu': 'native', 'threads': 'auto'}")
+    capability, cbwr, threads = out.split()
+    assert cbwr == "None" and threads == "1"  # auto: torch's default, OMP_NUM_THREADS here
+    assert capability != "AVX2" or "avx512f" not in cpu_flags()
+
+
+@pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
+def test_a_kernel_run_before_the_pin_is_refused_not_ignored() -> None:
+    out = pinned("{'cpu': 'portable', 'threads': 2}", before="torch.ones(3).add_(1)")
+    if "avx512f" not in cpu_flags():  # AVX2 is this CPU's own widest: nothing to refuse
+        pytest.skip("this CPU's default kernels are the AVX2 ones")
+    assert "StageError: numerics.cpu = portable could not take effect" in out
+    assert "ATen already runs its AVX512 kernels" in out
+
+
+@pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
+def test_an_optimizer_whose_update_takes_sqrt_is_named() -> None:
+    out = pinned("{'cpu': 'portable', 'threads': 1}", optimizer="'rmsprop'")
+    assert "note: rmsprop's update takes torch.sqrt" in out
+    assert "note:" not in pinned("{'cpu': 'portable', 'threads': 1}", optimizer="'adamw'")
