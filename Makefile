@@ -39,7 +39,7 @@ exps: ## compare experiments: test scores and the params that differ
 		--keep 'accuracy|f1_macro'
 
 JOBS ?= 2
-queue: ## run the queued experiments, JOBS workers (default 2), each on its share of the cores
+queue: ## run the queued experiments, JOBS workers (default 2); OMP_NUM_THREADS shares the cores under numerics.threads: auto
 	OMP_NUM_THREADS=$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )) \
 		$(UV) run --no-sync dvc queue start --jobs $(JOBS)
 

@@ -37,7 +37,8 @@ def sweep_seconds(
         subprocess.run(["dvc", *args], cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
 
     dvc("repro", "split")  # shared inputs first, so the sweep times training work only
-    dvc("exp", "run", "--queue", "-S", f"train.lr={','.join(lrs)}",
+    # numerics.threads: auto, so that each worker's threads come from OMP_NUM_THREADS
+    dvc("exp", "run", "--queue", "-S", f"train.lr={','.join(lrs)}", "-S", "numerics.threads=auto",
         "-S", f"train.epochs={epochs}", "-S", "swa.epochs=2")  # fmt: skip
     start = time.perf_counter()
     dvc("queue", "start", "--jobs", str(jobs))

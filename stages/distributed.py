@@ -181,7 +181,7 @@ def run_data_parallel(module: str, work: Callable[[Params, torch.device], None])
     params = load_params()
     device = machine_device(params.train.device, params.train.nproc)
     launch_if_asked(module, params.train.nproc, device)
-    pin(params.numerics, params.train.nproc, params.train.optimizer)
+    pin(params.numerics, params.train.nproc, params.train)
     with process_group(device) as device:
         work(params, device)
 

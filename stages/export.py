@@ -149,9 +149,7 @@ def check_parity(
     return {
         "images": len(torch_logits),
         "max_abs_logit": scale,
-        # 2 digits: ONNX Runtime picks its kernels by the CPU's instruction set, and the last
-        # digits of its rounding error with them; the card must be the same on every CPU
-        "max_abs_logit_diff": float(f"{max_diff:.2g}"),
+        "max_abs_logit_diff": max_diff,
         "allowed_diff": allowed,
         "predictions_equal": True,
     }
@@ -208,9 +206,13 @@ def model_card(
         "classes": list(CLASSES),
         "test_metrics": read_json(TEST_METRICS, "dvc repro evaluate"),
         "calibration": calibration,
-        "onnx_parity": parity,
+        # ONNX Runtime picks its kernels by the CPU's instruction set, and the last digits of
+        # its rounding with them: the card, a versioned output, keeps the bound it was held to
+        "onnx_parity": {k: v for k, v in parity.items() if k != "max_abs_logit_diff"},
         "lesson_layout": lesson,
-        "params": params.model_dump(include={"split", "model", "train", "swa", "export"}),
+        "params": params.model_dump(
+            include={"split", "model", "train", "swa", "export", "numerics"}
+        ),
         "data": read_json(SPLIT_MANIFEST, "dvc repro split"),
         "files_sha256": files,
     }

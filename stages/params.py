@@ -337,6 +337,16 @@ class Params(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _threads_shared_equally(self) -> Params:
+        threads, nproc = self.numerics.threads, self.train.nproc
+        if threads != "auto" and threads % nproc:
+            raise ValueError(
+                f"numerics.threads = {threads} is shared by the train.nproc = {nproc} processes: "
+                f"make it a multiple of {nproc} (each process gets threads / nproc)"
+            )
+        return self
+
     def digest(self, sections: tuple[str, ...]) -> str:
         """sha256 of these sections' values: what a resume state records of the params it was
         saved under, so that the validate stage can tell one that can never be resumed."""

@@ -41,12 +41,7 @@ def read_model_bytes(
         ) from None
     except DataIndexDirError:
         # dvc.lock names the model, but neither the workspace nor the DVC cache holds it
-        build = f"git checkout {rev}, then uv run dvc repro export" if rev else "make repro"
-        raise StageError(
-            f"{path} of {where} is not here: neither the workspace nor the DVC cache has it. "
-            f"Build it ({build}), or fetch it (uv run dvc pull models/export"
-            f"{f' at {rev}' if rev else ''}, which needs a DVC remote: dvc remote add -d)"
-        ) from None
+        raise StageError(f"{path} of {where} is not here: {_how_to_get(rev)}") from None
     except (DvcException, SCMError) as e:
         raise StageError(f"cannot read {path} from {where}: {e}") from None
 
@@ -55,6 +50,23 @@ def load_model(rev: str | None = None, repo: str | None = None) -> MLP:
     """The exported model of `rev` in `repo` (default: this repository's workspace), in eval mode."""
     name = f"{EXPORT_WEIGHTS} of {_where(rev, repo)}"
     return model_from_bytes(read_model_bytes(rev, repo), name)[0]
+
+
+def _how_to_get(rev: str | None) -> str:
+    if rev is None:
+        return (
+            "neither the workspace nor the DVC cache has it. Build it (make repro), or fetch it "
+            "(uv run dvc pull models/export, which needs a DVC remote: dvc remote add -d)"
+        )
+    return (
+        f"neither the workspace nor the DVC cache has it. Build it (git checkout {rev}, then "
+        f"uv run dvc repro export), or fetch it (uv run dvc pull models/export at {rev}; for an "
+        f"experiment, uv run dvc exp pull -f <git remote> {rev}). `dvc exp pull` brings an "
+        "experiment's outputs only through a DVC remote of the committed .dvc/config, and "
+        "without one it brings the git refs and no data: commit the team's remote (uv run dvc "
+        "remote add -d NAME URL; git commit .dvc/config), then push the experiment again "
+        "(dvc exp push <git remote> EXP) and pull it"
+    )
 
 
 def _where(rev: str | None, repo: str | None) -> str:

@@ -42,6 +42,7 @@ from stages.distributed import (
 from stages.engine import EpochLog, batches, epoch_log, fit, seed_everything
 from stages.files import copy_file
 from stages.losses import build_loss
+from stages.numerics import in_effect
 from stages.optimizers import build_optimizer
 from stages.params import Params, Swa, Train
 from stages.paths import (
@@ -162,7 +163,9 @@ def finalize(params: Params, device: torch.device) -> None:
         print(f"swa ({cfg.strategy}): {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} from {TRAIN_MODEL}, "
               f"lr {final_lr:.2e} -> {cfg.lr:.2e}")  # fmt: skip
     # what a saved state must match: the params swa reads, the process count, inputs, code
-    key = run_key(params, SWA_RESUME, [world_size()], (TRAIN_DATA, VAL_DATA, TRAIN_MODEL))
+    key = run_key(
+        params, SWA_RESUME, [world_size(), *in_effect()], (TRAIN_DATA, VAL_DATA, TRAIN_MODEL)
+    )
     with epoch_log(SWA_LIVE, SWA_RESOURCES, "swa", cfg.epochs) as log:
         swa_model = average_weights(model, train_data, val_data, cfg, train_cfg, final_lr, log, key)
     if not is_main():

@@ -39,6 +39,7 @@ from stages.early_stopping import Watcher
 from stages.engine import EpochLog, current_lr, epoch_log, fit, seed_everything, steps_per_epoch
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
+from stages.numerics import in_effect
 from stages.optimizers import averaged_copy, build_optimizer, load_average
 from stages.params import Params, Train
 from stages.paths import (
@@ -193,7 +194,7 @@ def record_the_run(log: EpochLog, schedule: Schedule, watcher: Watcher | None, l
 def train_key(params: Params, init_commit: str | None = None) -> RunKey:
     """The params train reads, the commit train.init resolved to (a tag can be moved), the
     process count, its data and code."""
-    settings = [init_commit, world_size()]
+    settings = [init_commit, world_size(), *in_effect()]
     return run_key(params, TRAIN_RESUME, settings, (TRAIN_DATA, VAL_DATA, SPLIT_MANIFEST))
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config: pytest.Config) -> None:
     """One thread per torch process: two pytest workers (pyproject.toml) share the cores, and
-    two processes at two threads each on two cores slow each other many times over. The
-    portable kernels, as the stages run in-process pin them (stages/numerics.py), before this
-    process runs its first kernel."""
+    two processes at two threads each on two cores slow each other many times over. This
+    process's kernels are the portable ones, as the stages run in-process pin them
+    (stages/numerics.py); the variables that chose them are dropped again, so each stage
+    started as a command must pin them itself."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if portable_unsupported(cpu_flags()) is None:
         os.environ.update(PORTABLE_ENV)
+        torch.ones(2, 2) @ torch.ones(2, 2)  # ATen and MKL read them at the first kernel
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    drop_portable_env(os.environ)
+
+
+def drop_portable_env(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    for name in PORTABLE_ENV:
+        env.pop(name, None)
+    return env
 
 
 DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -108,7 +118,7 @@ class Workdir:
     ) -> subprocess.CompletedProcess[str]:
         """`python [launcher ...] -m stages.<stage> [args ...]` in this directory, with this
         checkout's code."""
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = drop_portable_env({**os.environ, "PYTHONPATH": str(ROOT)})
         env.pop("STAGES_DEBUG", None)
         return subprocess.run(
             [sys.executable, *launcher, "-m", f"stages.{stage}", *args],
@@ -140,12 +150,14 @@ class Workdir:
 def run_in_process(work: Workdir, stage: str) -> None:
     """A stage's main() in this process, in `work` (as `python -m stages.<stage>` there, without
     paying an interpreter start per call). Its StageError propagates."""
-    previous = Path.cwd()
+    previous, threads = Path.cwd(), torch.get_num_threads()
     os.chdir(work.path)
     try:
         importlib.import_module(f"stages.{stage}").main()
     finally:
         os.chdir(previous)
+        torch.set_num_threads(threads)
+        drop_portable_env(os.environ)  # the stage's pin() set them: no command may inherit them
 
 
 @pytest.fixture()

@@ -115,6 +115,7 @@ def two_processes(split: Workdir, tmp_path_factory: pytest.TempPathFactory) -> d
     """train then swa with train.nproc = 2, started the way dvc repro starts them."""
     work = copy_of(split, tmp_path_factory.mktemp("ddp") / "work")
     work.set("train.nproc", 2)
+    work.set("numerics.threads", 2)  # one thread per process
     before = set(work.snapshot())
     runs = {stage: work.run(stage) for stage in ("train", "swa")}
     for result in runs.values():
@@ -148,6 +149,7 @@ def test_torchrun_started_by_hand_writes_the_same_model(
 ) -> None:
     work = copy_of(split, tmp_path / "work")
     work.set("train.nproc", 2)
+    work.set("numerics.threads", 2)  # one thread per process
     result = work.run("train", *torchrun(2))
     assert result.returncode == 0, result.stdout + result.stderr
     assert sha256(work.path / TRAIN_MODEL) == sha256(two_processes["work"].path / TRAIN_MODEL)
@@ -156,6 +158,7 @@ def test_torchrun_started_by_hand_writes_the_same_model(
 def test_a_failure_in_the_processes_is_one_clean_error(split: Workdir, tmp_path: Path) -> None:
     work = copy_of(split, tmp_path / "work")
     work.set("train.nproc", 2)
+    work.set("numerics.threads", 2)  # one thread per process
     shutil.rmtree(work.path / SPLIT_DIR)
     before = work.snapshot()
     result = work.run("train")
@@ -220,6 +223,7 @@ def test_ranks_on_other_machines_resume_from_rank_0s_state(
     nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
     for node in nodes:
         node.set("train.nproc", 2)
+        node.set("numerics.threads", 2)  # one thread per process
         node.set("train.epochs", 8)
     straight = copy_of(nodes[1], tmp_path / "straight")
     kill_after_first_saved_epoch(nodes[0])
@@ -242,6 +246,7 @@ def test_machines_with_different_params_refuse_to_train_together(
     nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
     for node in nodes:
         node.set("train.nproc", 2)
+        node.set("numerics.threads", 2)  # one thread per process
     nodes[1].set("train.optimizers.adamw.lr", 0.001)
     procs, outputs = run_as_two_nodes(nodes)
     assert all(proc.returncode != 0 for proc in procs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -14,18 +15,29 @@ from stages.numerics import REQUIRED_FLAGS, cpu_flags, portable_unsupported
 from .conftest import ROOT
 
 X86 = portable_unsupported(REQUIRED_FLAGS) is None
+TRAIN = "load_params().train.model_copy(update={})"
+"""The project's train section with some changes (pinned() runs in the repository root)."""
 
 
-def pinned(numerics: str, before: str = "", optimizer: str = "None", processes: int = 1) -> str:
+@functools.cache
+def native_capability() -> str:
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {"PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def pinned(numerics: str, before: str = "", train: str = "None", processes: int = 1) -> str:
     """What a fresh process reports after pin(); `before` runs first (a kernel, say)."""
     code = textwrap.dedent(f"""
         import os, torch
         from stages.numerics import pin
-        from stages.params import Numerics
+        from stages.params import Numerics, load_params
         {before}
-        pin(Numerics.model_validate({numerics}), {processes}, {optimizer})
+        pin(Numerics.model_validate({numerics}), {processes}, {train})
         print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"),
-              torch.get_num_threads())
+              torch.get_num_threads(), os.environ.get("ATEN_CPU_CAPABILITY"))
     """)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -41,13 +53,14 @@ def test_cpu_flags_reads_the_first_cpus_flags(tmp_path: Path) -> None:
         "processor\t: 1\nflags\t\t: fpu\n"
     )
     assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx", "avx2", "fma"}
-    assert cpu_flags(tmp_path / "missing") == set()
+    assert cpu_flags(tmp_path / "missing") is None
 
 
 @pytest.mark.skipif(not X86, reason="an x86-64 setting")
 def test_a_cpu_without_avx2_or_fma_is_named() -> None:
     assert portable_unsupported({"sse2", "avx", "fma"}) == "this CPU lacks AVX2"
     assert portable_unsupported({"sse2"}) == "this CPU lacks AVX2 and FMA"
+    assert "could not be read" in portable_unsupported(None)
 
 
 @pytest.mark.skipif(not X86, reason="an x86-64 setting")
@@ -61,35 +74,41 @@ def test_portable_on_a_cpu_without_avx2_says_so_and_runs_its_own_kernels() -> No
         "lacks AVX2: running its own kernels, so the bytes hold on this machine only"
     )
     assert note in out, out
-    assert out.split()[-3:-1] != ["AVX2", "COMPATIBLE"]  # nothing was pinned
+    assert out.split()[-4:] == [native_capability(), "None", "1", "None"]  # nothing pinned
 
 
 @pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
 def test_portable_pins_atens_avx2_kernels_mkls_compatible_branch_and_the_threads() -> None:
     out = pinned("{'cpu': 'portable', 'threads': 2}")
-    assert out.split() == ["AVX2", "COMPATIBLE", "2"], out
+    assert out.split() == ["AVX2", "COMPATIBLE", "2", "avx2"], out
     # shared by the processes of a torchrun run
-    assert pinned("{'cpu': 'portable', 'threads': 4}", processes=2).split()[-1] == "2"
+    assert pinned("{'cpu': 'portable', 'threads': 4}", processes=2).split()[-2] == "2"
 
 
 def test_native_leaves_the_kernels_to_the_cpu() -> None:
     out = pinned("{'cpu': 'native', 'threads': 'auto'}")
-    capability, cbwr, threads = out.split()
-    assert cbwr == "None" and threads == "1"  # auto: torch's default, OMP_NUM_THREADS here
-    assert capability != "AVX2" or "avx512f" not in cpu_flags()
+    assert out.split() == [native_capability(), "None", "1", "None"], out  # auto: OMP's 1
 
 
 @pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
 def test_a_kernel_run_before_the_pin_is_refused_not_ignored() -> None:
+    if native_capability() == "AVX2":
+        pytest.skip("this CPU's own kernels are the AVX2 ones: nothing to refuse")
     out = pinned("{'cpu': 'portable', 'threads': 2}", before="torch.ones(3).add_(1)")
-    if "avx512f" not in cpu_flags():  # AVX2 is this CPU's own widest: nothing to refuse
-        pytest.skip("this CPU's default kernels are the AVX2 ones")
     assert "StageError: numerics.cpu = portable could not take effect" in out
-    assert "ATen already runs its AVX512 kernels" in out
+    assert f"ATen already runs its {native_capability()} kernels" in out
 
 
 @pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
-def test_an_optimizer_whose_update_takes_sqrt_is_named() -> None:
-    out = pinned("{'cpu': 'portable', 'threads': 1}", optimizer="'rmsprop'")
-    assert "note: rmsprop's update takes torch.sqrt" in out
-    assert "note:" not in pinned("{'cpu': 'portable', 'threads': 1}", optimizer="'adamw'")
+def test_the_choices_portable_does_not_cover_are_named() -> None:
+    portable = "{'cpu': 'portable', 'threads': 1}"
+    for changes, note in [
+        ("{'optimizer': 'rmsprop'}", "note: rmsprop's update takes torch.sqrt"),
+        ("{'optimizer': 'lbfgs'}", "note: lbfgs's strong-Wolfe line search takes torch.sqrt"),
+        ("{'precision': 'bf16'}", "note: train.precision = bf16 runs oneDNN's bfloat16 kernels"),
+    ]:
+        assert note in pinned(portable, train=TRAIN.format(changes)), note
+    assert "note:" not in pinned(portable, train=TRAIN.format("{}"))  # the default: adamw
+    auto = pinned("{'cpu': 'portable', 'threads': 'auto'}")
+    assert "note: numerics.threads = auto: the bytes depend on this machine's core count" in auto
+    assert "note: numerics.threads = 64 on" in pinned("{'cpu': 'native', 'threads': 64}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ..conftest import ROOT
+from ..conftest import ROOT, drop_portable_env
 
 STAGES = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
 PROJECT_FILES = [
@@ -45,13 +45,13 @@ def merged(base: dict, override: dict) -> dict:
 class Project:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.env = {
+        self.env = drop_portable_env({
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "DVC_NO_ANALYTICS": "1",
             "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
             "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
-        }  # fmt: skip
+        })  # fmt: skip
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from stages.fashion_mnist import CLASSES
@@ -74,6 +75,7 @@ REFERENCE = Path(__file__).with_name("reference_hashes.json")
 
 
 @pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="train.device auto trains on the GPU here")
 def test_the_small_pipeline_writes_the_reference_bytes_on_any_x86_cpu(reproduced: Project) -> None:
     """numerics.cpu = portable promises the same bytes on every x86-64 CPU with AVX2 and FMA:
     this run's outs are those in REFERENCE (which names the machine that recorded them). CI runs this

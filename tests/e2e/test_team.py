@@ -1,6 +1,6 @@
 """Two people, one project: a bare git repository as the shared git remote and a directory as
-the shared DVC remote. What one of them computed, the other restores from the run-cache
-without running a stage."""
+the shared DVC remote. What one of them computed, the other restores from the run-cache, or
+pulls as a named experiment, without running a stage."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Project, lock_hashes, stages_run
+from stages.cli import StageError
+from stages.paths import EXPORT_WEIGHTS
+from stages.registry import load_model, read_model_bytes
+
+from .conftest import Project, experiments, lock_hashes, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -20,9 +24,10 @@ def clone(origin: Path, path: Path, env: dict[str, str]) -> Project:
     return Project(path)
 
 
-def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_it(
-    reproduced: Project, tmp_path: Path
-) -> None:
+def team(reproduced: Project, tmp_path: Path, local_remote: bool = False) -> tuple[Path, Project]:
+    """The shared git remote, and Alice's clone of it with main's outputs in the shared DVC
+    remote, which she names in the committed .dvc/config (or, `local_remote`, only in her own
+    .dvc/config.local)."""
     origin = tmp_path / "origin.git"
     subprocess.run(
         ["git", "clone", "-q", "--bare", str(reproduced.path), str(origin)],
@@ -31,11 +36,19 @@ def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_i
     alice = clone(origin, tmp_path / "alice", reproduced.env)
     shutil.copytree(reproduced.path / ".dvc" / "cache", alice.path / ".dvc" / "cache")
     alice.run("dvc", "checkout", "-q")
-    alice.run("dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote"))
-    alice.run("git", "commit", "-qam", "a shared DVC remote")
-    alice.run("git", "push", "-q", "origin", "main")
+    scope = ["--local"] if local_remote else []
+    alice.run("dvc", "remote", "add", *scope, "-d", "shared", str(tmp_path / "dvc-remote"))
+    if not local_remote:
+        alice.run("git", "commit", "-qam", "a shared DVC remote")
+        alice.run("git", "push", "-q", "origin", "main")
     alice.run("dvc", "push", "-q")  # main's outputs
+    return origin, alice
 
+
+def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_it(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    origin, alice = team(reproduced, tmp_path)
     alice.run("dvc", "exp", "run", "-S", "train.lr=0.0055")
     alice.run("dvc", "push", "--run-cache")  # her experiment's outputs and how they were made
     computed = lock_hashes(alice.read("dvc.lock"))
@@ -48,3 +61,49 @@ def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_i
     for stage in ("train", "swa", "evaluate", "export"):
         assert f"Stage '{stage}' is cached - skipping run" in result.stdout, result.stdout
     assert lock_hashes(bob.read("dvc.lock")) == computed
+
+
+def test_a_pushed_experiment_reaches_a_colleague_with_its_params_metrics_and_model(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    origin, alice = team(reproduced, tmp_path)
+    alice.run("dvc", "exp", "run", "-q", "-n", "lr-0055", "-S", "train.lr=0.0055")
+    alice.run("dvc", "exp", "push", "origin", "lr-0055")  # git refs, and outputs to the remote
+    hers = experiments(alice)["lr-0055"]
+
+    bob = clone(origin, tmp_path / "bob", reproduced.env)
+    assert (
+        "Pulled experiment 'lr-0055'" in bob.run("dvc", "exp", "pull", "origin", "lr-0055").stdout
+    )
+    his = experiments(bob)["lr-0055"]
+    assert his["params"]["train"]["lr"] == 0.0055
+    assert his["metrics"] == hers["metrics"] and his["outs"] == hers["outs"]
+
+    # from Bob's clone, with no workspace copy and no retraining: the bytes Alice exported
+    assert read_model_bytes("lr-0055", str(bob.path)) == read_model_bytes(
+        "lr-0055", str(alice.path)
+    )
+    assert load_model(rev="lr-0055", repo=str(bob.path)).config.hidden == [512, 512]
+    result = bob.run("dvc", "exp", "apply", "lr-0055")
+    assert "Running stage" not in result.stdout
+    assert "up to date" in bob.run("dvc", "status").stdout  # its outputs, checked out
+    assert lock_hashes(bob.read("dvc.lock")) == lock_hashes(alice.read("dvc.lock"))
+
+
+def test_an_experiment_pulled_into_a_clone_without_a_dvc_remote_names_the_missing_data(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    """Alice's DVC remote is only in her .dvc/config.local, so Bob's clone knows none: `dvc exp
+    pull` says "Pulled experiment" and brings the git refs without the outputs. load_model
+    says what is missing and how to get it."""
+    origin, alice = team(reproduced, tmp_path, local_remote=True)
+    alice.run("dvc", "exp", "run", "-q", "-n", "lr-0055", "-S", "train.lr=0.0055")
+    alice.run("dvc", "exp", "push", "origin", "lr-0055")
+
+    bob = clone(origin, tmp_path / "bob", reproduced.env)
+    assert "Pulled experiment" in bob.run("dvc", "exp", "pull", "origin", "lr-0055").stdout
+    with pytest.raises(StageError) as refused:
+        load_model(rev="lr-0055", repo=str(bob.path))
+    message = str(refused.value)
+    assert f"{EXPORT_WEIGHTS} of {bob.path} at lr-0055 is not here" in message
+    assert "dvc exp pull -f <git remote> lr-0055" in message and "committed .dvc/config" in message
