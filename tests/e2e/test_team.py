@@ -72,9 +72,7 @@ def test_a_pushed_experiment_reaches_a_colleague_with_its_params_metrics_and_mod
     hers = experiments(alice)["lr-0055"]
 
     bob = clone(origin, tmp_path / "bob", reproduced.env)
-    assert (
-        "Pulled experiment 'lr-0055'" in bob.run("dvc", "exp", "pull", "origin", "lr-0055").stdout
-    )
+    assert "Pulled experiment" in bob.run("dvc", "exp", "pull", "origin", "lr-0055").stdout
     his = experiments(bob)["lr-0055"]
     assert his["params"]["train"]["lr"] == 0.0055
     assert his["metrics"] == hers["metrics"] and his["outs"] == hers["outs"]
@@ -83,7 +81,7 @@ def test_a_pushed_experiment_reaches_a_colleague_with_its_params_metrics_and_mod
     assert read_model_bytes("lr-0055", str(bob.path)) == read_model_bytes(
         "lr-0055", str(alice.path)
     )
-    assert load_model(rev="lr-0055", repo=str(bob.path)).config.hidden == [512, 512]
+    assert list(load_model(rev="lr-0055", repo=str(bob.path)).config.hidden) == [512, 512]
     result = bob.run("dvc", "exp", "apply", "lr-0055")
     assert "Running stage" not in result.stdout
     assert "up to date" in bob.run("dvc", "status").stdout  # its outputs, checked out
