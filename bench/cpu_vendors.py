@@ -31,31 +31,16 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.conftest import SMALL, merged  # noqa: E402
+from bench._stages import PYTHON, ROOT, set_numerics_cpu, stage_project
+from tests.e2e.conftest import SMALL, merged
 
 REFERENCE = ROOT / "tests" / "e2e" / "reference_hashes.json"
-PYTHON = ROOT / ".venv" / "bin" / "python"
 QEMU = "qemu-x86_64"
 CPUS = {"this CPU": None, "Intel Haswell (QEMU)": "Haswell-v4", "AMD EPYC Rome (QEMU)": "EPYC-Rome"}
 STAGES = ["train", "swa", "evaluate", "export"]
 OUTPUTS = ["models", "metrics"]
-
-
-def small_project(path: Path) -> None:
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = merged(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("download", "split"):
-        subprocess.run([PYTHON, "-m", f"stages.{stage}"], cwd=path, check=True, capture_output=True)
-
-
-def set_mode(path: Path, mode: str) -> None:
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    params["numerics"]["cpu"] = mode
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def run_stages(path: Path, qemu_cpu: str | None) -> dict[str, str]:
@@ -88,9 +73,9 @@ def main() -> None:
         sys.exit(f"{QEMU} not found: apt-get install qemu-user")
     with tempfile.TemporaryDirectory(prefix="cpu-vendors-") as tmp:
         path = Path(tmp)
-        small_project(path)
+        stage_project(path, merged(yaml.safe_load((ROOT / "params.yaml").read_text()), SMALL))
         for mode in args.modes:
-            set_mode(path, mode)
+            set_numerics_cpu(path, mode)
             hashes, seconds = {}, {}
             for label, cpu in CPUS.items():
                 start = time.perf_counter()

@@ -14,31 +14,22 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PYTHON = ROOT / ".venv" / "bin" / "python"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._stages import PYTHON, ROOT, set_numerics_cpu, stage_project
+
 EPOCH_TIME = re.compile(r"([\d.]+) s per epoch \(median\)")
 MODES = ["portable", "native"]
 
 
-def project(path: Path, epochs: int, threads: int) -> None:
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["epochs"] = epochs
-    params["numerics"]["threads"] = threads
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for stage in ("download", "split"):
-        subprocess.run([PYTHON, "-m", f"stages.{stage}"], cwd=path, check=True, capture_output=True)
-
-
 def epoch_seconds(path: Path, mode: str) -> float:
-    params = yaml.safe_load((path / "params.yaml").read_text())
-    params["numerics"]["cpu"] = mode
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_numerics_cpu(path, mode)
     shutil.rmtree(path / "models", ignore_errors=True)
     out = subprocess.run(
         [PYTHON, "-m", "stages.train"], cwd=path, check=True, capture_output=True, text=True
@@ -55,7 +46,10 @@ def main() -> None:
     seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="numerics-cost-") as tmp:
         path = Path(tmp)
-        project(path, args.epochs, args.threads)
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["train"]["epochs"] = args.epochs
+        params["numerics"]["threads"] = args.threads
+        stage_project(path, params)
         for _ in range(args.repeats):
             for mode in MODES:
                 seconds[mode].append(epoch_seconds(path, mode))
