@@ -14,7 +14,9 @@ help: ## list the targets
 setup: ## install uv if missing, the locked environment (.venv) and the dataset
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet uv
-	$(UV) sync --locked
+	@# .pyc at install, once: with PYTHONDONTWRITEBYTECODE set (as on these machines) every stage
+	@# would otherwise recompile torch's sources on import, several seconds per stage
+	$(UV) sync --locked --compile-bytecode
 	@$(MAKE) --no-print-directory dataset
 
 dataset: ## install Debian's FashionMNIST (offline source); elsewhere the mirrors are used
