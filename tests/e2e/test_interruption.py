@@ -119,6 +119,10 @@ def test_what_a_reverted_run_left_is_removed_before_anything_runs(project: Proje
     rerun = project.run("dvc", "repro", "train").stdout
     assert f"validate: removed {TRAIN_RESUME}, saved by a run of other params" in rerun, rerun
     assert f"validate: removed {leftover.relative_to(project.path)}" in rerun
-    assert not (project.path / TRAIN_RESUME.parent).exists() and not leftover.exists()
+    # the state and every staging file are gone (a state of another stage whose params still
+    # match may stay: it can resume; one CI run out of four kept its folder for such a file)
+    left = sorted(str(p.relative_to(project.path)) for p in (project.path / "models").rglob("*"))
+    assert not (project.path / TRAIN_RESUME).exists() and not leftover.exists(), left
+    assert not [name for name in left if name.endswith(".partial")], left
     assert "Running stage 'train'" not in rerun  # its outputs restored from the cache
     assert (project.path / TRAIN_MODEL).is_file()
