@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset repro test lint exps queue bench
+.PHONY: help setup dataset repro test lint exps queue search bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,13 @@ JOBS ?= 2
 queue: ## run the queued experiments, JOBS workers (default 2); OMP_NUM_THREADS shares the cores under numerics.threads: auto
 	OMP_NUM_THREADS=$$(( $$(nproc) / $(JOBS) > 0 ? $$(nproc) / $(JOBS) : 1 )) \
 		$(UV) run --no-sync dvc queue start --jobs $(JOBS)
+
+TRIALS ?= 20
+WORKERS ?= 1
+search: ## Optuna search over search/space.yaml: TRIALS trials (20) shared by WORKERS processes (1)
+	@pids=; for w in $$(seq 0 $$(( $(WORKERS) - 1 ))); do \
+		$(UV) run --no-sync python -m stages.search --trials $(TRIALS) --worker $$w & pids="$$pids $$!"; \
+	done; status=0; for p in $$pids; do wait $$p || status=$$?; done; exit $$status
 
 bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
 	$(UV) run --no-sync python bench/pipeline.py

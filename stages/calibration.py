@@ -85,7 +85,8 @@ def calibration_report(
     val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor], fit: bool
 ) -> dict[str, object]:
     """The temperature (fitted on the validation (logits, labels) when `fit`, else 1) and what
-    it does to the validation NLL and to the test NLL and ECE."""
+    it does to the validation NLL and to the test NLL and ECE; also the validation accuracy,
+    which no temperature changes (the search's objective: stages/search.py)."""
     temperature, fitted_on = (
         fit_temperature(*val) if fit else (1.0, "not fitted (export.calibrate: false)")
     )
@@ -98,6 +99,10 @@ def calibration_report(
     return {
         "temperature": temperature,
         "fitted_on": fitted_on,
-        "validation": {"before": scores(*val, 1.0), "after": scores(*val, temperature)},
+        "validation": {
+            "accuracy": round((val[0].argmax(1) == val[1]).double().mean().item(), 6),
+            "before": scores(*val, 1.0),
+            "after": scores(*val, temperature),
+        },
         "test": {"before": scores(*test, 1.0), "after": scores(*test, temperature)},
     }

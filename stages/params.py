@@ -379,13 +379,18 @@ MOVED = {
 
 def load_params(path: Path = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; any problem is one StageError naming key, value and fix."""
+    return parse_params(read_raw_params(path), source=str(path))
+
+
+def read_raw_params(path: Path = PARAMS_FILE) -> Any:
+    """params.yaml as YAML 1.2 reads it (as DVC does), not yet validated."""
     try:
         raw = yaml.load(path.read_text(), Loader=_Yaml12FloatLoader)
     except FileNotFoundError:
         raise StageError(f"{path} not found: run the stage from the project root") from None
     except yaml.YAMLError as e:
         raise StageError(f"{path} is not valid YAML: {e}") from None
-    return parse_params(raw if raw is not None else {}, source=str(path))
+    return raw if raw is not None else {}
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

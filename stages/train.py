@@ -53,6 +53,7 @@ from stages.paths import (
 )
 from stages.registry import fixed_commit, warm_start
 from stages.schedulers import Schedule, build_schedule
+from stages.trials import epoch_reporter
 
 
 def main() -> None:
@@ -70,6 +71,7 @@ def train(params: Params, device: torch.device) -> None:
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     schedule = build_schedule(optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size))
     watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
+    report = epoch_reporter() if is_main() else None  # to the search running this trial
 
     # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
     # same epoch, or all stop (a rank whose params, data or code differ finds no match)
@@ -114,6 +116,8 @@ def train(params: Params, device: torch.device) -> None:
 
         def validated(epoch: int, metrics: dict[str, float]) -> bool:
             nonlocal kept
+            if report is not None:
+                report(epoch, metrics["val/acc"])
             if epoch > 0:
                 schedule.after_epoch(metrics)
             if watcher is None or (epoch == 0 and not watches_epoch_0):

@@ -1,0 +1,310 @@
+"""Hyperparameter search: an Optuna study whose every trial is one DVC experiment.
+
+    python -m stages.search --trials 20              # search/space.yaml, SQLite study
+    python -m stages.search --trials 20 --worker 1   # a second worker joins the same study
+
+Each trial: the study asks for values in the search space, `dvc exp run --temp -n
+<study>-<number> -S key=value ...` runs the pipeline on them in a temporary copy of the
+workspace (yours is untouched, and several workers run side by side), and the trial's value is
+the validation accuracy of the model export writes (metrics/calibration.json:
+validation.accuracy), never a test score. While train runs it reports each epoch's validation
+accuracy (stages/trials.py); the pruner interrupts a trial that trails the others at the same
+epoch, and an interrupted trial leaves no experiment. Trials that finish are experiments like
+any other: `dvc exp show`, `dvc exp apply <study>-<number>`.
+
+The study lives in any SQLAlchemy URL (`--storage`): SQLite in search/ by default, PostgreSQL
+for workers on several machines (README, Search). `--plots DIR` draws the study's history and
+parameter importances as PNGs and runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import Trial, TrialState
+
+from stages.cli import StageError, run_stage
+from stages.files import atomic_path
+from stages.paths import CALIBRATION_METRICS
+from stages.space import SPACE_FILE, Space, decode, load_space
+from stages.trials import connect, trial_env
+
+SEARCH_DIR = Path("search")
+DEFAULT_STORAGE = SEARCH_DIR / "study.db"
+LOG_DIR = SEARCH_DIR / "logs"  # each trial's `dvc exp run` output
+POLL_S = 1.0
+MAX_FAILURES_IN_A_ROW = 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    storage = storage_url(args.storage)
+    if args.plots is not None:
+        write_plots(load_study(args.study, storage), args.plots)
+        return
+    space = load_space(args.space)
+    study = open_study(args.study, storage, space, args.worker)
+    search(study, space, args.trials, storage)
+    report_best(study)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m stages.search", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--trials",
+        type=positive,
+        default=20,
+        help="stop asking once the study holds this many trials (all workers together)",
+    )
+    parser.add_argument("--space", type=Path, default=SPACE_FILE, help=f"default: {SPACE_FILE}")
+    parser.add_argument(
+        "--study",
+        type=study_name,
+        default="search",
+        help="the study's name; its experiments are named <study>-<trial number>",
+    )
+    parser.add_argument(
+        "--storage",
+        default=f"sqlite:///{DEFAULT_STORAGE}",
+        help="SQLAlchemy URL of the study (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--worker",
+        type=int,
+        default=0,
+        help="this worker's number: give each worker of one study its own",
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="write the study's plots as PNGs into DIR and run nothing",
+    )
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def study_name(text: str) -> str:
+    # it names experiments, which are git refs
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use letters, digits, '-' and '_' (it names the experiments)"
+        )
+    return text
+
+
+def storage_url(url: str) -> str:
+    """The URL with a relative SQLite path made absolute: the trials' stages run in a
+    temporary copy of the project, and must reach the same file."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        path = Path(url.removeprefix(prefix)).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(path)
+    return url
+
+
+def open_study(name: str, storage: str, space: Space, worker: int) -> optuna.study.Study:
+    # each worker its own draws (the same seed would ask every worker for the same values);
+    # the constant liar keeps TPE from asking again for the values a running trial has
+    seed = space.seed + worker
+    sampler = (
+        optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=space.startup_trials, constant_liar=True
+        )
+        if space.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    pruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=space.startup_trials, n_warmup_steps=space.warmup_epochs
+        )
+        if space.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what happens
+    return optuna.create_study(
+        study_name=name, storage=connect(storage), sampler=sampler, pruner=pruner,
+        direction="maximize", load_if_exists=True,
+    )  # fmt: skip
+
+
+def load_study(name: str, storage: str) -> optuna.study.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=connect(storage))
+    except KeyError:
+        raise StageError(f"no study named {name!r} in {storage}: run a search first") from None
+
+
+def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -> None:
+    failures = 0
+    while len(study.get_trials(deepcopy=False)) < trials:
+        trial = study.ask(space.distributions())
+        name = f"{study.study_name}-{trial.number}"
+        trial.set_user_attr("experiment", name)
+        values = decode(trial.params)
+        print(f"search: trial {trial.number} ({name}): {shown(values)}", flush=True)
+        try:
+            state, value = run_trial(trial, name, values, storage)
+        except BaseException:  # Ctrl-C, or the study's storage went away: not a running trial
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        study.tell(trial, value, state=state)
+        if state == TrialState.COMPLETE:
+            print(f"search: trial {trial.number}: validation accuracy {value:.4f}", flush=True)
+        failures = failures + 1 if state == TrialState.FAIL else 0
+        if failures >= MAX_FAILURES_IN_A_ROW:
+            raise StageError(f"{failures} trials in a row failed: see their logs in {LOG_DIR}/")
+
+
+def run_trial(
+    trial: Trial, name: str, values: dict[str, Any], storage: str
+) -> tuple[TrialState, float | None]:
+    """Run the trial's experiment, pruning it when the study says so; its state and value."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"{name}.log"
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
+    for key, value in values.items():
+        command += ["-S", f"{key}={json.dumps(value)}"]
+    with log.open("w") as out, running(command, out, trial_env(storage, trial._trial_id)) as proc:
+        reported = 0
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+            # as the stage reported it: `trial` itself knows only what this process reported
+            frozen = trial.study._storage.get_trial(trial._trial_id)
+            epochs = frozen.intermediate_values
+            for epoch in sorted(epochs)[reported:]:
+                print(
+                    f"search: trial {trial.number}: epoch {epoch} val acc {epochs[epoch]:.4f}",
+                    flush=True,
+                )
+            reported = len(epochs)
+            if epochs and trial.study.pruner.prune(trial.study, frozen):
+                os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the stage writes nothing
+                proc.wait()
+                last = max(epochs)
+                print(f"search: trial {trial.number}: pruned after epoch {last} (val acc "
+                      f"{epochs[last]:.4f} trails the study's median)", flush=True)  # fmt: skip
+                return TrialState.PRUNED, None
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+        print(
+            f"search: trial {trial.number} failed (exit {proc.returncode}); {log}:\n{tail}",
+            flush=True,
+        )
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, objective(name)
+
+
+@contextlib.contextmanager
+def running(command: list[str], out: Any, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """The command in its own process group, interrupted (and waited for) if this worker is."""
+    proc = subprocess.Popen(
+        command,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            proc.wait()
+
+
+def objective(experiment: str) -> float:
+    """The validation accuracy of the model the experiment exported."""
+    import dvc.api
+
+    metrics = json.loads(dvc.api.read(str(CALIBRATION_METRICS), repo=".", rev=experiment))
+    return float(metrics["validation"]["accuracy"])
+
+
+def report_best(study: optuna.study.Study) -> None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    counts = {
+        s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    print("search: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    if not done:
+        return
+    best = study.best_trial
+    name = best.user_attrs.get("experiment", f"{study.study_name}-{best.number}")
+    print(
+        f"search: best is trial {best.number} ({name}), validation accuracy {best.value:.4f}: "
+        + shown(decode(best.params))
+    )
+    print(f"search: dvc exp show --rev {name}; dvc exp apply {name}")
+
+
+def shown(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
+
+
+def write_plots(study: optuna.study.Study, directory: Path) -> list[Path]:
+    """The optimization history and the parameter importances, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    drawings = {}
+    if done:
+        drawings["optimization_history.png"] = lambda: plots.plot_optimization_history(study)
+    if len(done) >= 2:
+        drawings["param_importances.png"] = lambda: plots.plot_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator()
+        )
+    for file, draw in drawings.items():
+        with warnings_quiet():
+            axes = draw()
+        axes.figure.tight_layout()
+        with atomic_path(directory / file) as staging:
+            axes.figure.savefig(staging, dpi=100, format="png")
+        plt.close(axes.figure)
+        written.append(directory / file)
+    return written
+
+
+@contextlib.contextmanager
+def warnings_quiet() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,143 @@
+"""The Optuna search through real DVC experiments: two workers on one SQLite study, and a
+trial pruned by the study's pruner, in the small pipeline."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from ..conftest import ROOT
+from .conftest import Project, experiments
+
+pytestmark = pytest.mark.e2e
+
+SPACE = {
+    "sampler": "random",
+    "seed": 0,
+    "pruner": "none",
+    "startup_trials": 0,
+    "warmup_epochs": 0,
+    "params": {
+        "train.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+        "model.dropout": {"low": 0.1, "high": 0.5},
+    },
+}
+
+
+def search(
+    project: Project, tmp_path: Path, study: str, space: dict, *args: str
+) -> subprocess.Popen:
+    space_file = tmp_path / f"{study}.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    command = [sys.executable, "-m", "stages.search", "--study", study, "--space", str(space_file),
+               "--storage", f"sqlite:///{tmp_path / 'study.db'}", *args]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=project.path, env=project.env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    return out
+
+
+def remove_experiments(project: Project, names: list[str]) -> None:
+    if names:
+        project.run("dvc", "exp", "remove", *names)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_each_trial_is_an_experiment(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    params_before = reproduced.read("params.yaml")
+    workers = [
+        search(reproduced, tmp_path, "duo", SPACE, "--trials", "4", "--worker", str(w))
+        for w in (0, 1)
+    ]
+    outputs = [finish(w) for w in workers]
+    study = optuna.load_study(study_name="duo", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trials = study.get_trials()
+    names = [t.user_attrs["experiment"] for t in trials]
+    try:
+        # a worker asks while fewer than 4 trials exist: both may ask for the last one at once
+        assert 4 <= len(trials) <= 5, [t.state for t in trials]
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert len({(t.params["train.lr"], t.params["model.dropout"]) for t in trials}) == len(
+            trials
+        )
+        assert all("search: trial" in out for out in outputs)  # both ran trials
+
+        found = experiments(reproduced)
+        for trial in trials:
+            exp = found[trial.user_attrs["experiment"]]
+            assert exp["params"]["train"]["lr"] == pytest.approx(trial.params["train.lr"])
+            assert exp["params"]["model"]["dropout"] == pytest.approx(trial.params["model.dropout"])
+            # the objective: the exported model's validation accuracy, as the experiment holds it
+            calibration = exp["metrics"]["metrics/calibration.json"]
+            assert trial.value == calibration["validation"]["accuracy"]
+            # each epoch's validation accuracy reached the study while train ran
+            assert sorted(trial.intermediate_values) == [0, 1, 2]
+
+        best = study.best_trial.user_attrs["experiment"]
+        assert f"search: best is trial {study.best_trial.number} ({best})" in "".join(outputs)
+        assert reproduced.read("params.yaml") == params_before  # the trials ran in copies
+        reproduced.assert_clean()
+    finally:
+        remove_experiments(reproduced, names)
+
+
+def test_a_trial_the_pruner_stops_leaves_no_experiment(reproduced: Project, tmp_path: Path) -> None:
+    """A finished trial whose every epoch scored 0.99 makes the median: the next trial trails it
+    after its first judged epoch and is interrupted."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="prune", storage=storage, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"train.lr": 0.004}, distributions={"train.lr": FloatDistribution(1e-3, 1e-2, log=True)},
+        value=0.99, intermediate_values={0: 0.99, 1: 0.99, 2: 0.99},
+    ))  # fmt: skip
+    space = {**SPACE, "pruner": "median", "startup_trials": 1, "warmup_epochs": 1,
+             "params": {"train.lr": SPACE["params"]["train.lr"]}}  # fmt: skip
+    out = finish(search(reproduced, tmp_path, "prune", space, "--trials", "2"))
+
+    trial = optuna.load_study(study_name="prune", storage=storage).trials[1]
+    assert trial.state == TrialState.PRUNED, out
+    assert re.search(r"search: trial 1: pruned after epoch [12] ", out), out  # judged from 1
+    assert "prune-1" not in experiments(reproduced)
+    assert "1 pruned" in out
+    reproduced.assert_clean()
+
+
+def test_a_bad_space_stops_before_any_trial(reproduced: Project, tmp_path: Path) -> None:
+    space = {**SPACE, "params": {"train.lr": {"low": -1.0, "high": 0.01}}}
+    proc = search(reproduced, tmp_path, "bad", space, "--trials", "2")
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out
+    assert out.startswith("error: ") and "train.lr = -1.0 is refused" in out, out
+    assert "Traceback" not in out and not (tmp_path / "study.db").exists()
+
+
+def test_the_study_plots_are_pngs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="drawn", storage=storage, direction="maximize")
+    study.optimize(
+        lambda t: 1 - (t.suggest_float("x", 0, 1) - 0.3) ** 2 + 0 * t.suggest_int("n", 1, 4),
+        n_trials=8,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.search", "--study", "drawn", "--storage", storage, "--plots", str(tmp_path / "plots")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("optimization_history.png", "param_importances.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
