@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset repro test lint exps queue search bench
+.PHONY: help setup dataset browser repro test lint exps queue search report bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -25,10 +25,15 @@ dataset: ## install Debian's FashionMNIST (offline source); elsewhere the mirror
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	else echo "no apt-get: the download stage will fetch from the mirrors in params.yaml"; fi
 
+browser: ## install Debian's chromium, which the tests open the offline plots page in
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		&& $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "no chromium: the offline plots tests are skipped"
+
 repro: setup ## run the default pipeline: download → split → train → swa → evaluate → export
 	$(UV) run --no-sync dvc repro
 
-test: setup ## run the test suite (unit and end-to-end)
+test: setup browser ## run the test suite (unit and end-to-end)
 	$(UV) run --no-sync pytest
 
 lint: setup ## ruff lint and format check
@@ -51,6 +56,10 @@ search: ## Optuna search over search/space.yaml: TRIALS trials (20) shared by WO
 	@pids=; for w in $$(seq 0 $$(( $(WORKERS) - 1 ))); do \
 		$(UV) run --no-sync python -m stages.search --trials $(TRIALS) --worker $$w & pids="$$pids $$!"; \
 	done; status=0; for p in $$pids; do wait $$p || status=$$?; done; exit $$status
+
+REV ?= main
+report: ## report.md for a pull request: params, metrics and changed plots vs REV (main), best search trials
+	$(UV) run --no-sync python -m stages.report --rev $(REV)
 
 bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
 	$(UV) run --no-sync python bench/pipeline.py

@@ -23,6 +23,7 @@ PROJECT_FILES = [
     ".gitignore",
     ".dvcignore",
 ]
+DVC_FILES = ["config", "plots"]
 
 # A quick run on real data: 3,000 training images, 2 + 2 epochs; the 10,000 test images stay.
 SMALL = {
@@ -92,6 +93,12 @@ def make_project(path: Path, override: dict) -> Project:
     project.set_params(override)
     project.run("git", "init", "-q", "-b", "main")
     project.run("dvc", "init", "-q")
+    for name in DVC_FILES:  # the project's DVC config (the offline plots page) over init's
+        source, target = ROOT / ".dvc" / name, path / ".dvc" / name
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy(source, target)
     project.run("git", "add", "-A")
     project.run("git", "commit", "-qm", "pipeline")
     return project
