@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
+from moto.server import ThreadedMotoServer
 
 from ..conftest import ROOT, drop_portable_env
 
@@ -168,3 +172,34 @@ def restore_workspace(project: Project) -> None:
     project.run("git", "checkout", "-q", "--", ".")
     project.run("dvc", "checkout", "-q")
     project.assert_clean()
+
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextlib.contextmanager
+def remote_storage(
+    kind: str, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
+    """A DVC remote's URL, its `dvc remote modify` settings and the environment its clients
+    need: a local directory, or a bucket of an S3-compatible server (moto) on loopback."""
+    if kind == "directory":
+        yield str(tmp_path / "dvc-remote"), {}, {}
+        return
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+            region_name=S3_ENV["AWS_DEFAULT_REGION"],
+        ).create_bucket(Bucket="models")  # fmt: skip
+        yield "s3://models/fashion", {"endpointurl": endpoint}, S3_ENV
+    finally:
+        server.stop()

@@ -14,30 +14,37 @@ from stages.cli import StageError
 from stages.paths import EXPORT_WEIGHTS
 from stages.registry import load_model, read_model_bytes
 
-from .conftest import Project, experiments, lock_hashes, stages_run
+from .conftest import Project, experiments, lock_hashes, remote_storage, stages_run
 
 pytestmark = pytest.mark.e2e
 
 
 def clone(origin: Path, path: Path, env: dict[str, str]) -> Project:
     subprocess.run(["git", "clone", "-q", str(origin), str(path)], check=True, env=env)
-    return Project(path)
+    project = Project(path)
+    project.env.update(env)  # a remote's credentials
+    return project
 
 
-def team(reproduced: Project, tmp_path: Path, local_remote: bool = False) -> tuple[Path, Project]:
+def team(
+    reproduced: Project, tmp_path: Path, local_remote: bool = False, storage: tuple | None = None
+) -> tuple[Path, Project]:
     """The shared git remote, and Alice's clone of it with main's outputs in the shared DVC
-    remote, which she names in the committed .dvc/config (or, `local_remote`, only in her own
-    .dvc/config.local)."""
+    remote (`storage`: its URL, settings and client environment), which she names in the
+    committed .dvc/config (or, `local_remote`, only in her own .dvc/config.local)."""
+    url, settings, env = storage or (str(tmp_path / "dvc-remote"), {}, {})
     origin = tmp_path / "origin.git"
     subprocess.run(
         ["git", "clone", "-q", "--bare", str(reproduced.path), str(origin)],
         check=True, env=reproduced.env,
     )  # fmt: skip
-    alice = clone(origin, tmp_path / "alice", reproduced.env)
+    alice = clone(origin, tmp_path / "alice", {**reproduced.env, **env})
     shutil.copytree(reproduced.path / ".dvc" / "cache", alice.path / ".dvc" / "cache")
     alice.run("dvc", "checkout", "-q")
     scope = ["--local"] if local_remote else []
-    alice.run("dvc", "remote", "add", *scope, "-d", "shared", str(tmp_path / "dvc-remote"))
+    alice.run("dvc", "remote", "add", *scope, "-d", "shared", url)
+    for key, value in settings.items():
+        alice.run("dvc", "remote", "modify", *scope, "shared", key, value)
     if not local_remote:
         alice.run("git", "commit", "-qam", "a shared DVC remote")
         alice.run("git", "push", "-q", "origin", "main")
@@ -63,15 +70,21 @@ def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_i
     assert lock_hashes(bob.read("dvc.lock")) == computed
 
 
+@pytest.mark.parametrize("kind", ["directory", "s3"])
 def test_a_pushed_experiment_reaches_a_colleague_with_its_params_metrics_and_model(
-    reproduced: Project, tmp_path: Path
+    reproduced: Project, tmp_path: Path, kind: str
 ) -> None:
-    origin, alice = team(reproduced, tmp_path)
+    with remote_storage(kind, tmp_path) as storage:
+        pushed_and_pulled(reproduced, tmp_path, storage)
+
+
+def pushed_and_pulled(reproduced: Project, tmp_path: Path, storage: tuple) -> None:
+    origin, alice = team(reproduced, tmp_path, storage=storage)
     alice.run("dvc", "exp", "run", "-q", "-n", "lr-0055", "-S", "train.lr=0.0055")
     alice.run("dvc", "exp", "push", "origin", "lr-0055")  # git refs, and outputs to the remote
     hers = experiments(alice)["lr-0055"]
 
-    bob = clone(origin, tmp_path / "bob", reproduced.env)
+    bob = clone(origin, tmp_path / "bob", alice.env)
     assert "Pulled experiment" in bob.run("dvc", "exp", "pull", "origin", "lr-0055").stdout
     his = experiments(bob)["lr-0055"]
     assert his["params"]["train"]["lr"] == 0.0055

@@ -9,10 +9,8 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 import torch
-from moto.server import ThreadedMotoServer
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -22,7 +20,7 @@ from stages.fashion_mnist import CLASSES
 from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
 from stages.registry import load_model
 
-from .conftest import Project
+from .conftest import Project, remote_storage
 
 pytestmark = pytest.mark.e2e
 
@@ -111,41 +109,19 @@ def test_predict_classifies_image_files_with_a_tagged_model(
     assert lines[20].split(": ")[1].split(" ")[0] == predicted[0]
 
 
-S3_ENV = {
-    "AWS_ACCESS_KEY_ID": "test",
-    "AWS_SECRET_ACCESS_KEY": "test",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
-
-
 @pytest.fixture(params=["directory", "s3"])
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[Project], None]]:
     """Configures a project (in its git-ignored .dvc/config.local) for a remote: a local
     directory, or a bucket of an S3-compatible server (moto) started on loopback."""
-    server = None
-    if request.param == "directory":
-        url, settings, env = str(tmp_path / "remote"), {}, {}
-    else:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        boto3.client(
-            "s3", endpoint_url=endpoint, aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
-            region_name=S3_ENV["AWS_DEFAULT_REGION"],
-        ).create_bucket(Bucket="models")  # fmt: skip
-        url, settings, env = "s3://models/fashion", {"endpointurl": endpoint}, S3_ENV
+    with remote_storage(request.param, tmp_path) as (url, settings, env):
 
-    def configure(project: Project) -> None:
-        project.env.update(env)
-        project.run("dvc", "remote", "add", "--local", "--force", "-d", "store", url)
-        for key, value in settings.items():
-            project.run("dvc", "remote", "modify", "--local", "store", key, value)
+        def configure(project: Project) -> None:
+            project.env.update(env)
+            project.run("dvc", "remote", "add", "--local", "--force", "-d", "store", url)
+            for key, value in settings.items():
+                project.run("dvc", "remote", "modify", "--local", "store", key, value)
 
-    yield configure
-    if server is not None:
-        server.stop()
+        yield configure
 
 
 def test_push_then_pull_a_tagged_model_in_a_fresh_clone(
