@@ -198,20 +198,51 @@ def kill_after_first_saved_epoch(work: Workdir) -> None:
     proc.wait()
 
 
-def run_as_two_nodes(nodes: list[Workdir]) -> tuple[list[subprocess.Popen], list[str]]:
-    """torchrun on each "machine" (directory), joined over loopback; their exit and output."""
+def run_as_two_nodes(
+    nodes: list[Workdir], rendezvous: str = "static"
+) -> tuple[list[subprocess.Popen], list[str]]:
+    """torchrun on each "machine" (directory), joined over loopback; their exit and output.
+    static: node 0 is rank 0 and hosts the store; c10d: the agents agree on ranks themselves,
+    as the README's multi-node commands do."""
     port = free_port()
+    joined = {
+        "static": lambda i: [
+            f"--node-rank={i}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+        ],
+        "c10d": lambda i: [
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=fashion",
+        ],
+    }[rendezvous]
     procs = [
-        start(node, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-              f"--node-rank={i}", "--master-addr=127.0.0.1", f"--master-port={port}")
+        start(node, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", *joined(i))
         for i, node in enumerate(nodes)
-    ]  # fmt: skip
+    ]
     try:
         return procs, [proc.communicate(timeout=180)[0] for proc in procs]
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_two_machines_joined_by_c10d_write_the_bytes_of_two_processes_on_one(
+    split: Workdir, two_processes: dict, tmp_path: Path
+) -> None:
+    nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
+    for node in nodes:
+        node.set("train.nproc", 2)
+        node.set("numerics.threads", 2)  # one thread per process
+    procs, outputs = run_as_two_nodes(nodes, rendezvous="c10d")
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    written = [node for node in nodes if (node.path / TRAIN_MODEL).exists()]
+    assert len(written) == 1  # rank 0's machine, whichever the rendezvous made rank 0
+    assert sha256(written[0].path / TRAIN_MODEL) == sha256(two_processes["work"].path / TRAIN_MODEL)
 
 
 @pytest.mark.slow
