@@ -14,6 +14,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -38,7 +39,7 @@ from stages.distributed import (
     unwrap,
     world_size,
 )
-from stages.files import atomic_dir, write_csv, write_json
+from stages.files import atomic_dir, copy_file, write_csv, write_json
 from stages.losses import LossFn
 from stages.model import predict_logits
 from stages.optimizers import needs_closure
@@ -345,9 +346,10 @@ def peak_rss_bytes() -> int:
 class EpochLog:
     """Per-epoch metrics to dvclive (for `dvc plots`) and a progress line or bar to the user."""
 
-    def __init__(self, live, name: str, epochs: int) -> None:
-        """With `live` None, the log records history and prints nothing (DDP ranks but 0)."""
-        self.live, self.name, self.epochs = live, name, epochs
+    def __init__(self, live, name: str, epochs: int, progress: Path | None = None) -> None:
+        """With `live` None, the log records history and prints nothing (DDP ranks but 0).
+        `progress`: where a copy of the latest epoch's summary goes while the stage runs."""
+        self.live, self.name, self.epochs, self.progress = live, name, epochs, progress
         self.quiet = live is None
         self.bar = tqdm(
             total=epochs, desc=name, unit="epoch", disable=self.quiet or not sys.stderr.isatty()
@@ -368,7 +370,9 @@ class EpochLog:
             return
         for key, value in metrics.items():
             self.live.log_metric(key, value)
-        self.live.next_step()
+        self.live.next_step()  # writes the summary, metrics.json, in the staging directory
+        if self.progress is not None:
+            copy_file(Path(self.live.dir) / "metrics.json", self.progress)
 
     def log(self, epoch: int, lr: float, train: Stats | None, val: Stats) -> None:
         metrics = {"lr": lr} | val.metrics("val") | (train.metrics("train") if train else {})
@@ -434,12 +438,22 @@ def epoch_log(live_dir: Path, resources_file: Path, name: str, epochs: int) -> I
         return
     from dvclive import Live  # imports dvc: pay for it only in the stages that log
 
-    with atomic_dir(live_dir) as staging:
-        live = Live(str(staging), dvcyaml=False, save_dvc_exp=False, report=None)
-        log = EpochLog(live, name, epochs)
-        try:
-            yield log
-        finally:
-            log.close()
-        live.end()
+    # Under DVC, which deleted the out before the run, the latest epoch's summary also stands
+    # at its final place while the stage runs, so `dvc exp show` shows a running experiment's
+    # progress; the finished log replaces it, a failed run removes it. Run by hand over an
+    # earlier output, the stage leaves that output alone until it succeeds.
+    progress = live_dir / "metrics.json" if not live_dir.exists() else None
+    try:
+        with atomic_dir(live_dir) as staging:
+            live = Live(str(staging), dvcyaml=False, save_dvc_exp=False, report=None)
+            log = EpochLog(live, name, epochs, progress)
+            try:
+                yield log
+            finally:
+                log.close()
+            live.end()
+    except BaseException:
+        if progress is not None:
+            shutil.rmtree(live_dir, ignore_errors=True)  # only the progress copy was there
+        raise
     write_json(resources_file, log.resources())

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         sections = [
             f"# {WORKSPACE} vs {args.rev}",
             "## Params\n\n" + table(dvc("params", "diff", args.rev, "--md"), "No param changed."),
-            "## Metrics\n\n" + table(dvc("metrics", "diff", args.rev, "--md"), "No metric changed."),
+            "## Metrics\n\n"
+            + table(dvc("metrics", "diff", args.rev, "--md"), "No metric changed."),
             "## Plots that changed\n\n" + changed_plots(args.rev, staging, images.name),
         ]
         if STUDY.exists():
