@@ -10,6 +10,7 @@ The schema has no defaults: params.yaml holds every value, so there is one place
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -391,6 +392,18 @@ def read_raw_params(path: Path = PARAMS_FILE) -> Any:
     except yaml.YAMLError as e:
         raise StageError(f"{path} is not valid YAML: {e}") from None
     return raw if raw is not None else {}
+
+
+def with_values(raw: dict, values: dict[str, Any]) -> dict:
+    """A copy of the raw params `raw` with the dotted keys of `values` set."""
+    out = copy.deepcopy(raw)
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        section = out
+        for part in parents:
+            section = section[part]
+        section[leaf] = value
+    return out
 
 
 def parse_params(raw: Any, source: str = "params") -> Params:

@@ -9,7 +9,6 @@ where the key stands, so a trial never fails for a value the study asked for.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 from pathlib import Path
@@ -24,7 +23,7 @@ from optuna.distributions import (
 from pydantic import Field, ValidationError, model_validator
 
 from stages.cli import StageError
-from stages.params import parse_params, read_raw_params
+from stages.params import parse_params, read_raw_params, with_values
 from stages.paths import PARAMS_FILE
 from stages.schema import Seed, Strict
 
@@ -118,18 +117,6 @@ def load_space(path: Path = SPACE_FILE, params_file: Path = PARAMS_FILE) -> Spac
         listed = "\n".join(f"  - {p}" for p in problems)
         raise StageError(f"{path} searches values {params_file} does not take:\n{listed}")
     return space
-
-
-def with_values(base: dict, values: dict[str, Any]) -> dict:
-    """A copy of the params `base` with the dotted keys of `values` set."""
-    out = copy.deepcopy(base)
-    for key, value in values.items():
-        *parents, leaf = key.split(".")
-        section = out
-        for part in parents:
-            section = section[part]
-        section[leaf] = value
-    return out
 
 
 FAMILIES = {"optimizers": "optimizer", "losses": "loss", "schedulers": "scheduler"}

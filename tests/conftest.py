@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib
 import os
@@ -105,13 +104,11 @@ class Workdir:
         return work
 
     def set(self, dotted: str, value: object) -> None:
+        from stages.params import with_values
+
         raw = yaml.safe_load((self.path / "params.yaml").read_text())
-        *parents, last = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node[key]
-        node[last] = value
-        (self.path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        changed = with_values(raw, {dotted: value})
+        (self.path / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
 
     def run(
         self, stage: str, *launcher: str, args: tuple[str, ...] = ()
@@ -169,17 +166,10 @@ def raw_params() -> dict:
 def error_of_params(raw: dict, changes: dict[str, object]) -> str:
     """The StageError message that validating `raw` with `changes` (dotted keys) gives."""
     from stages.cli import StageError
-    from stages.params import parse_params
+    from stages.params import parse_params, with_values
 
-    raw = copy.deepcopy(raw)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split(".")
-        node = raw
-        for key in parents:
-            node = node[key]
-        node[last] = value
     with pytest.raises(StageError) as e:
-        parse_params(raw)
+        parse_params(with_values(raw, changes))
     return str(e.value)
 
 

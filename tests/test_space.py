@@ -11,7 +11,8 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from stages.cli import StageError
-from stages.space import decode, load_space, with_values
+from stages.params import with_values
+from stages.space import decode, load_space
 
 from .conftest import ROOT
 
