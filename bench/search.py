@@ -63,7 +63,7 @@ def main() -> None:
             )
             for w in range(args.workers)
         ]
-        if any(w.wait() != 0 for w in workers):
+        if [w.wait() for w in workers].count(0) != len(workers):  # wait for all before cleanup
             sys.exit("a search worker failed")
         minutes = (time.perf_counter() - start) / 60
         import optuna

@@ -22,16 +22,16 @@ FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 """A full disk, a file-size limit (ulimit -f), a full quota."""
 
 
-def run_stage(main: Callable[[], None]) -> None:
+def run_stage(main: Callable[[], None], check_params: bool = True) -> None:
     """Run a stage's main(); exit 2 with one message on a StageError (STAGES_DEBUG=1 re-raises),
-    a full disk, or when params.yaml changed while it ran. Ctrl-C and SIGTERM unwind like an
-    error, so every staged write is removed on the way out."""
+    a full disk, or (`check_params`) when params.yaml changed while it ran. Ctrl-C and SIGTERM
+    unwind like an error, so every staged write is removed on the way out."""
     stage = Path(main.__code__.co_filename).stem  # under `python -m`, __module__ is __main__
     signal.signal(signal.SIGTERM, _interrupt)
     # past a file-size limit the kernel kills the process mid-write (SIGXFSZ); ignored, the
     # write fails with EFBIG instead and the stage cleans up and says so
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    params_before = _digest(PARAMS_FILE)
+    params_before = file_digest(PARAMS_FILE)
     try:
         main()
     except StageError as e:
@@ -53,7 +53,7 @@ def run_stage(main: Callable[[], None]) -> None:
             "limit), then rerun (dvc repro)"
         )
         sys.exit(2)
-    if _digest(PARAMS_FILE) != params_before:
+    if check_params and file_digest(PARAMS_FILE) != params_before:
         # DVC records the params it reads after the command, which this run did not use
         _report(
             f"error: {PARAMS_FILE} changed while {stage} ran (another `dvc exp run` in this "
@@ -78,7 +78,7 @@ def _out_of_space(e: Exception) -> str | None:
     return os.strerror(code) if code in FULL else None
 
 
-def _digest(path: Path) -> str | None:
+def file_digest(path: Path) -> str | None:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:

@@ -38,9 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=REPORT, help="default: %(default)s")
     args = parser.parse_args(argv)
+    if args.out.suffix != ".md":
+        raise StageError(f"--out {args.out}: give a markdown file name (report.md)")
     images = args.out.with_suffix("")  # report.md -> report/
     refuse_foreign_files(images)
     with atomic_dir(images) as staging, atomic_path(args.out) as text:
+        (staging / MARK).touch()
         sections = [
             f"# {WORKSPACE} vs {args.rev}",
             "## Params\n\n" + table(dvc("params", "diff", args.rev, "--md"), "No param changed."),
@@ -54,13 +57,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out} and {images}/")
 
 
+MARK = ".made-by-make-report"  # in the images folder: the report may replace it
+
+
 def refuse_foreign_files(images: Path) -> None:
-    """The report replaces its images folder whole: never over files it did not write."""
-    foreign = [p for p in images.rglob("*") if p.is_file() and p.suffix != ".png"]
-    if foreign:
+    """The report replaces its images folder whole: never a folder it did not write."""
+    if images.exists() and not (images / MARK).exists() and any(images.iterdir()):
         raise StageError(
-            f"{images}/ holds files a report did not write ({foreign[0]}, ...): the report "
-            f"replaces that folder; move them, or write the report elsewhere (--out)"
+            f"{images}/ exists and was not written by a report: the report replaces that "
+            "folder whole; move it, or write the report elsewhere (--out other.md)"
         )
 
 
@@ -119,27 +124,17 @@ def slug(text: str) -> str:
 
 def search_summary(images: Path, link: str) -> str:
     import optuna
-    from optuna.trial import TrialState
 
-    from stages.search import shown, write_plots
-    from stages.space import decode
+    from stages.search import summary, write_plots
     from stages.trials import connect
 
     storage = connect(f"sqlite:///{STUDY.resolve()}")
     parts = []
     for name in optuna.get_all_study_names(storage):
         study = optuna.load_study(study_name=name, storage=storage)
-        states = [t.state for t in study.trials]
-        counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in TrialState if s in states)
-        parts.append(f"### Study `{name}`: {len(states)} trials ({counts})\n")
-        if TrialState.COMPLETE not in states:
-            continue
-        best = study.best_trial
-        experiment = best.user_attrs.get("experiment", "?")
-        parts.append(
-            f"Best: trial {best.number}, experiment `{experiment}` (`dvc exp apply {experiment}`), "
-            f"validation accuracy {best.value:.4f}: {shown(decode(best.params))}\n"
-        )
+        heading, *best = summary(study)
+        parts.append(f"### {heading}\n")
+        parts.extend(f"{line}\n" for line in best)
         folder = slug(f"study-{name}")
         for path in write_plots(study, images / folder):
             parts.append(f"![{path.stem}]({link}/{folder}/{path.name})\n")

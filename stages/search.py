@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -35,9 +36,9 @@ from typing import Any
 import optuna
 from optuna.trial import Trial, TrialState
 
-from stages.cli import StageError, run_stage
+from stages.cli import StageError, file_digest, run_stage
 from stages.files import atomic_path
-from stages.paths import CALIBRATION_METRICS
+from stages.paths import CALIBRATION_METRICS, PARAMS_FILE
 from stages.space import SPACE_FILE, Space, decode, load_space
 from stages.trials import connect, trial_env
 
@@ -49,6 +50,10 @@ MAX_FAILURES_IN_A_ROW = 3
 
 
 def main(argv: list[str] | None = None) -> None:
+    # started in the background (make search: `&`), a process begins with SIGINT ignored, and
+    # so would every trial it starts: Ctrl-C and the pruner could not stop them
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))  # a closed terminal: as kill
     args = parse_args(argv)
     storage = storage_url(args.storage)
     if args.plots is not None:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     space = load_space(args.space)
     study = open_study(args.study, storage, space, args.worker)
     search(study, space, args.trials, storage)
-    report_best(study)
+    print("\n".join(f"search: {line}" for line in summary(study)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,13 +99,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="write the study's plots as PNGs into DIR and run nothing",
     )
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -125,16 +137,6 @@ def storage_url(url: str) -> str:
 
 
 def open_study(name: str, storage: str, space: Space, worker: int) -> optuna.study.Study:
-    # each worker its own draws (the same seed would ask every worker for the same values);
-    # the constant liar keeps TPE from asking again for the values a running trial has
-    seed = space.seed + worker
-    sampler = (
-        optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=space.startup_trials, constant_liar=True
-        )
-        if space.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=seed)
-    )
     pruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=space.startup_trials, n_warmup_steps=space.warmup_epochs
@@ -143,10 +145,33 @@ def open_study(name: str, storage: str, space: Space, worker: int) -> optuna.stu
         else optuna.pruners.NopPruner()
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what happens
-    return optuna.create_study(
-        study_name=name, storage=connect(storage), sampler=sampler, pruner=pruner,
-        direction="maximize", load_if_exists=True,
+    study = optuna.create_study(
+        study_name=name, storage=connect(storage), pruner=pruner, direction="maximize",
+        load_if_exists=True,
     )  # fmt: skip
+    digest = space.digest()
+    if study.user_attrs.setdefault("space", digest) != digest:
+        raise StageError(
+            f"the study {name!r} in {storage} was searched with another search space: its "
+            f"trials would not compare. Start a new study (--study NEW), or restore the space"
+        )
+    study.set_user_attr("space", digest)
+    # A seed of its own for each worker (--worker) and each start of one: the same seed would
+    # ask again for the values it asked for before. The constant liar keeps TPE from asking
+    # for the values a running trial has.
+    seed = derived_seed(space.seed, worker, len(study.get_trials(deepcopy=False)))
+    study.sampler = (
+        optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=space.startup_trials, constant_liar=True
+        )
+        if space.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
+    return study
+
+
+def derived_seed(*parts: int) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
 
 
 def load_study(name: str, storage: str) -> optuna.study.Study:
@@ -158,7 +183,14 @@ def load_study(name: str, storage: str) -> optuna.study.Study:
 
 def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -> None:
     failures = 0
+    baseline = stable_baseline()
     while len(study.get_trials(deepcopy=False)) < trials:
+        if stable_baseline() != baseline:
+            raise StageError(
+                f"{PARAMS_FILE} or the checked-out commit changed while the search ran: the "
+                "next trials would start from another baseline than the earlier ones. Restore "
+                "them to go on with this study, or start a new one (--study NEW)"
+            )
         trial = study.ask(space.distributions())
         name = f"{study.study_name}-{trial.number}"
         trial.set_user_attr("experiment", name)
@@ -177,6 +209,24 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
             raise StageError(f"{failures} trials in a row failed: see their logs in {LOG_DIR}/")
 
 
+def stable_baseline(tries: int = 10) -> tuple[str | None, str]:
+    """What every trial starts from: params.yaml (--temp copies the workspace's) and HEAD.
+    Another worker's `dvc exp run` writes its -S values into params.yaml (and detaches HEAD)
+    for a moment while it stashes them: a reading counts when the next one, 1 s on, agrees."""
+    reading = workspace_baseline()
+    for _ in range(tries):
+        time.sleep(1)
+        reading, before = workspace_baseline(), reading
+        if reading == before:
+            break
+    return reading
+
+
+def workspace_baseline() -> tuple[str | None, str]:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    return file_digest(PARAMS_FILE), head.stdout.strip()
+
+
 def run_trial(
     trial: Trial, name: str, values: dict[str, Any], storage: str
 ) -> tuple[TrialState, float | None]:
@@ -186,6 +236,7 @@ def run_trial(
     command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
     for key, value in values.items():
         command += ["-S", f"{key}={json.dumps(value)}"]
+    pruned_after = None
     with log.open("w") as out, running(command, out, trial_env(storage, trial._trial_id)) as proc:
         reported = 0
         while proc.poll() is None:
@@ -198,27 +249,39 @@ def run_trial(
                     f"search: trial {trial.number}: epoch {epoch} val acc {epochs[epoch]:.4f}",
                     flush=True,
                 )
-            reported = len(epochs)
-            if epochs and trial.study.pruner.prune(trial.study, frozen):
-                os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the stage writes nothing
-                proc.wait()
-                last = max(epochs)
-                print(f"search: trial {trial.number}: pruned after epoch {last} (val acc "
-                      f"{epochs[last]:.4f} trails the study's median)", flush=True)  # fmt: skip
-                return TrialState.PRUNED, None
+            # judged when an epoch arrives only: after train, the others' medians move on
+            new_epoch, reported = len(epochs) > reported, len(epochs)
+            if new_epoch and trial.study.pruner.prune(trial.study, frozen):
+                pruned_after = max(epochs)
+                stop(proc)  # as Ctrl-C: the stage writes nothing, DVC saves no experiment
+    if pruned_after is not None and proc.returncode != 0:
+        print(f"search: trial {trial.number}: pruned after epoch {pruned_after} (val acc "
+              f"{epochs[pruned_after]:.4f} trails the study's median)", flush=True)  # fmt: skip
+        return TrialState.PRUNED, None
+    text = log.read_text()
     if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-5:])
+        if "conflicts with existing experiment" in text:
+            raise StageError(
+                f"an experiment named {name} exists already (from an earlier study named "
+                f"{trial.study.study_name!r} whose storage is gone?): start a new study "
+                f"(--study NEW), or remove those experiments (dvc exp remove)"
+            )
+        tail = "".join(text.splitlines(keepends=True)[-5:])
         print(
             f"search: trial {trial.number} failed (exit {proc.returncode}); {log}:\n{tail}",
             flush=True,
         )
         return TrialState.FAIL, None
-    return TrialState.COMPLETE, objective(name)
+    try:
+        return TrialState.COMPLETE, objective(name)
+    except Exception as e:  # an experiment without the metric: this trial failed, not the search
+        print(f"search: trial {trial.number}: no objective in {name} ({e})", flush=True)
+        return TrialState.FAIL, None
 
 
 @contextlib.contextmanager
 def running(command: list[str], out: Any, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """The command in its own process group, interrupted (and waited for) if this worker is."""
+    """The command in its own process group, stopped (and waited for) if this worker is."""
     proc = subprocess.Popen(
         command,
         stdout=out,
@@ -230,9 +293,20 @@ def running(command: list[str], out: Any, env: dict[str, str]) -> Iterator[subpr
         yield proc
     finally:
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            proc.wait()
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """SIGINT to the trial's process group, as Ctrl-C (DVC and the stage clean up); SIGTERM if
+    it has not ended after `grace_s`, SIGKILL after as long again."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def objective(experiment: str) -> float:
@@ -243,22 +317,19 @@ def objective(experiment: str) -> float:
     return float(metrics["validation"]["accuracy"])
 
 
-def report_best(study: optuna.study.Study) -> None:
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    counts = {
-        s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
-        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    }
-    print("search: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    if not done:
-        return
-    best = study.best_trial
-    name = best.user_attrs.get("experiment", f"{study.study_name}-{best.number}")
-    print(
-        f"search: best is trial {best.number} ({name}), validation accuracy {best.value:.4f}: "
-        + shown(decode(best.params))
-    )
-    print(f"search: dvc exp show --rev {name}; dvc exp apply {name}")
+def summary(study: optuna.study.Study) -> list[str]:
+    """The study's trial counts and its best trial, with how to reach it."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in TrialState if s in states)
+    lines = [f"study {study.study_name!r}: {len(states)} trials ({counts or 'none'})"]
+    if TrialState.COMPLETE in states:
+        best = study.best_trial
+        name = best.user_attrs.get("experiment", f"{study.study_name}-{best.number}")
+        lines.append(
+            f"best: trial {best.number}, experiment {name}, validation accuracy "
+            f"{best.value:.4f}: {shown(decode(best.params))} (dvc exp apply {name})"
+        )
+    return lines
 
 
 def shown(values: dict[str, Any]) -> str:
@@ -289,6 +360,7 @@ def write_plots(study: optuna.study.Study, directory: Path) -> list[Path]:
     for file, draw in drawings.items():
         with warnings_quiet():
             axes = draw()
+        axes.figure.set_size_inches(9, 5)  # room for the long params.yaml keys and the title
         axes.figure.tight_layout()
         with atomic_path(directory / file) as staging:
             axes.figure.savefig(staging, dpi=100, format="png")
@@ -307,4 +379,4 @@ def warnings_quiet() -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, check_params=False)  # search() guards its own baseline

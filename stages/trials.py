@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from stages.cli import StageError
+
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
 
@@ -31,7 +33,11 @@ def epoch_reporter() -> Callable[[int, float], None] | None:
     if not spec:
         return None
     url, trial_id = spec.rsplit(" ", 1)
-    storage = connect(url)
+    try:
+        storage = connect(url)
+    except Exception as e:  # the study's bookkeeping must never cost the run
+        print(f"train: note: cannot reach the search's study ({e}): epochs are not reported")
+        return None
     warned = False
 
     def report(epoch: int, value: float) -> None:
@@ -50,12 +56,28 @@ def connect(url: str, attempts: int = 5) -> RDBStorage:
     """The study's storage at a SQLAlchemy URL. Workers that start together race to create
     SQLite's tables; the loser retries. SQLite waits up to 60 s for another writer."""
     from optuna.storages import RDBStorage  # only a search run pays optuna's import
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
-    for attempt in range(1, attempts):
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return RDBStorage(url, engine_kwargs=engine)
-        except SQLAlchemyError:
+        except (IntegrityError, OperationalError) as e:
+            racing = isinstance(e, IntegrityError) or "already exists" in str(e)
+            if not racing or attempt >= attempts:  # not another worker creating the tables
+                raise StageError(f"cannot open the study's storage {url}: {e.args[0]}") from None
             time.sleep(0.5 * attempt)
-    return RDBStorage(url, engine_kwargs=engine)
+        except ArgumentError:
+            raise StageError(
+                f"--storage {url!r} is not a SQLAlchemy URL: for example "
+                "sqlite:///search/study.db or postgresql://user:password@host/database"
+            ) from None
+        except ImportError as e:
+            raise StageError(
+                f"--storage {url!r} needs a database driver that is not installed ({e}): "
+                "uv add psycopg2-binary for PostgreSQL"
+            ) from None
+        except SQLAlchemyError as e:
+            raise StageError(f"cannot open the study's storage {url}: {e.args[0]}") from None

@@ -81,13 +81,18 @@ def test_an_unknown_key_is_named_with_the_closest_one(tmp_path: Path, params_fil
     ("key", "dim", "expected"),
     [
         ("train.lr", {"low": -0.01, "high": 0.01}, "train.lr = -0.01 is refused"),
-        ("model.dropout", {"low": 0.1, "high": 1.5}, "model.dropout = 1.5 is refused"),
+        ("model.dropout", {"low": 0.5, "high": 1.5}, "model.dropout = 1.0"),  # the first refused
         (
             "train.optimizer",
             {"choices": ["adamw", "adamx"]},
             "train.optimizer = 'adamx' is refused",
         ),
-        ("train.batch_size", {"low": 64.0, "high": 512.0}, "train.batch_size = 64.0 is refused"),
+        (
+            "swa.epochs",
+            {"low": 0, "high": 10},
+            "swa.epochs = 1 is refused",
+        ),  # inside: 0 and 10 are fine
+        ("split.val_size", {"low": 5000, "high": 10000}, "split.val_size: the split decides"),
     ],
 )
 def test_a_value_params_yaml_refuses_is_named_before_any_trial(
@@ -103,14 +108,32 @@ def test_a_value_params_yaml_refuses_is_named_before_any_trial(
         ({"low": 0.0, "high": 0.1, "log": True}, "log: true needs low > 0"),
         ({"low": 0.1, "high": 0.5, "log": True, "step": 0.1}, "log and step exclude each other"),
         ({"choices": []}, "at least 1 item"),
-        ({"low": 0.1}, "high"),
+        ({"low": 0.1}, "model.dropout.high: Field required"),
+        ({"low": 0.1, "high": 0.5, "step": 0.15}, "step 0.15 does not divide high - low"),
     ],
 )
 def test_a_malformed_range_is_refused(
     tmp_path: Path, params_file: Path, dim: dict, expected: str
 ) -> None:
     message = refusal(tmp_path, params_file, {"model.dropout": dim})
-    assert "is not a valid search space" in message and expected in message
+    assert "is not a valid search space" in message and expected in message, message
+    assert "Choices" not in message and "function-after" not in message  # one branch, plainly
+
+
+def test_a_key_takes_the_number_type_params_yaml_gives_it(
+    tmp_path: Path, params_file: Path
+) -> None:
+    space = {
+        "train.epochs": {"low": 10.0, "high": 40.0, "step": 10.0},
+        "swa.lr": {"low": 1, "high": 3},
+    }
+    dists = load_space(
+        space_file(tmp_path, {**SPACE, "params": space}), params_file
+    ).distributions()
+    assert dists["train.epochs"] == IntDistribution(10, 40, step=10)
+    assert dists["swa.lr"] == FloatDistribution(1.0, 3.0)
+    message = refusal(tmp_path, params_file, {"train.epochs": {"low": 10, "high": 40, "step": 0.5}})
+    assert "this key takes integers" in message
 
 
 def test_unknown_sampler_and_empty_params_are_refused(tmp_path: Path, params_file: Path) -> None:
@@ -139,7 +162,7 @@ def test_an_optimizer_lr_under_a_fixed_train_lr_is_refused(
     params = with_values(yaml.safe_load(params_file.read_text()), {"train.lr": 0.01})
     params_file.write_text(yaml.safe_dump(params))
     with pytest.raises(
-        StageError, match=r"train.optimizers.adamw.lr has no effect: train.lr = 0.01"
+        StageError, match=r"train.optimizers.adamw.lr has no effect: train.lr is a number"
     ):
         load_space(
             space_file(
@@ -153,3 +176,16 @@ def test_an_optimizer_lr_under_a_fixed_train_lr_is_refused(
 def test_a_missing_space_file_says_how_to_give_one(tmp_path: Path, params_file: Path) -> None:
     with pytest.raises(StageError, match="not found: give a search space with --space"):
         load_space(tmp_path / "none.yaml", params_file)
+
+
+def test_an_optimizer_lr_beside_a_searched_train_lr_is_refused(
+    tmp_path: Path, params_file: Path
+) -> None:
+    """train.lr's numbers override the optimizer's own lr in every trial."""
+    space = {
+        "train.lr": {"low": 0.001, "high": 0.01},
+        "train.optimizers.adamw.lr": {"low": 0.001, "high": 0.01},
+    }
+    assert "train.optimizers.adamw.lr has no effect" in refusal(tmp_path, params_file, space)
+    space["train.lr"] = {"choices": ["auto", 0.003]}
+    load_space(space_file(tmp_path, {**SPACE, "params": space}), params_file)

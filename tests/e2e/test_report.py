@@ -68,12 +68,17 @@ def test_the_report_says_when_nothing_changed_and_never_overwrites_foreign_files
     assert "No param changed." in text and "No metric changed." in text
     assert "Unchanged: Loss (train vs validation, overfitting), " in text
 
-    notes = reproduced.path / "report" / "notes.txt"
-    notes.write_text("mine")
-    result = reproduced.run(sys.executable, "-m", "stages.report", check=False)
-    assert result.returncode == 2 and "report/ holds files a report did not write" in result.stderr
-    assert notes.read_text() == "mine"
-    notes.unlink()
+    report(reproduced, "--rev", "main")  # a report replaces its own folder
     (reproduced.path / "report.md").unlink()
     shutil.rmtree(reproduced.path / "report")
+
+    mine = reproduced.path / "report" / "figure.png"  # someone's own folder of the same name
+    mine.parent.mkdir()
+    mine.write_bytes(PNG)
+    result = reproduced.run(sys.executable, "-m", "stages.report", check=False)
+    assert (
+        result.returncode == 2 and "report/ exists and was not written by a report" in result.stderr
+    )
+    assert mine.read_bytes() == PNG and not (reproduced.path / "report.md").exists()
+    shutil.rmtree(mine.parent)
     reproduced.assert_clean()

@@ -4,9 +4,11 @@ trial pruned by the study's pruner, in the small pipeline."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -33,7 +35,7 @@ SPACE = {
 
 
 def search(
-    project: Project, tmp_path: Path, study: str, space: dict, *args: str
+    project: Project, tmp_path: Path, study: str, space: dict, *args: str, **popen: Any
 ) -> subprocess.Popen:
     space_file = tmp_path / f"{study}.yaml"
     space_file.write_text(yaml.safe_dump(space))
@@ -41,7 +43,7 @@ def search(
                "--storage", f"sqlite:///{tmp_path / 'study.db'}", *args]  # fmt: skip
     return subprocess.Popen(
         command, cwd=project.path, env=project.env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen,
     )  # fmt: skip
 
 
@@ -90,7 +92,9 @@ def test_two_workers_share_one_study_and_each_trial_is_an_experiment(
             assert sorted(trial.intermediate_values) == [0, 1, 2]
 
         best = study.best_trial.user_attrs["experiment"]
-        assert f"search: best is trial {study.best_trial.number} ({best})" in "".join(outputs)
+        assert f"search: best: trial {study.best_trial.number}, experiment {best}," in "".join(
+            outputs
+        )
         assert reproduced.read("params.yaml") == params_before  # the trials ran in copies
         reproduced.assert_clean()
     finally:
@@ -141,3 +145,31 @@ def test_the_study_plots_are_pngs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("optimization_history.png", "param_importances.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ctrl_c_stops_a_background_worker_and_its_trial_and_leaves_nothing(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    """Started as make search starts it (`&`: SIGINT ignored), Ctrl-C still stops the worker
+    and the trial's run; the trial is marked failed and no experiment or temporary copy stays."""
+    space = {**SPACE, "params": {"train.epochs": {"choices": [200]}}}
+    proc = search(
+        reproduced, tmp_path, "stopped", space, "--trials", "1",
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if ": epoch 3 val acc" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert "interrupted (SIGINT)" in out and "Traceback" not in out
+    trial = optuna.load_study(
+        study_name="stopped", storage=f"sqlite:///{tmp_path / 'study.db'}"
+    ).trials[0]
+    assert trial.state == TrialState.FAIL
+    assert "stopped-0" not in experiments(reproduced)
+    assert not list((reproduced.path / ".dvc" / "tmp" / "exps").glob("tmp*"))  # no temp copy
+    reproduced.assert_clean()
