@@ -8,6 +8,7 @@ resumes every optimizer and scheduler, and a warm-up, in-process."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -67,7 +68,12 @@ def assert_nothing_half_written(project: Project, stage: str) -> None:
     # first: an output is whole under its name or not there.
     model, live, _ = OUTPUTS[stage]
     assert not (project.path / model).exists()
-    assert not (project.path / live).exists()
+    # the log is whole or absent; what may stand at its place is the progress copy of the last
+    # finished epoch's summary (stages/engine.py epoch_log), a whole file the next run replaces
+    progress = project.path / live / "metrics.json"
+    if (project.path / live).exists():
+        assert [p.name for p in (project.path / live).iterdir()] == ["metrics.json"]
+        assert json.loads(progress.read_text())["step"] >= 1
     status = project.run("dvc", "status", stage).stdout
     assert f"{stage}:" in status, status
 

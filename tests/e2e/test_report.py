@@ -23,7 +23,7 @@ def report(project: Project, *args: str) -> str:
 def test_the_report_shows_an_experiments_params_metrics_changed_plots_and_best_trial(
     reproduced: Project,
 ) -> None:
-    (reproduced.path / "search").mkdir()
+    (reproduced.path / "search").mkdir(exist_ok=True)
     study = optuna.create_study(
         study_name="lr", storage=f"sqlite:///{reproduced.path / 'search' / 'study.db'}",
         direction="maximize",
@@ -44,7 +44,7 @@ def test_the_report_shows_an_experiments_params_metrics_changed_plots_and_best_t
         assert "### Loss (train vs validation, overfitting)\n\n![" in text
         assert "### metrics/eval/misclassified_swa.png (main)" in text
         assert (
-            "Best: trial 1, experiment `lr-1` (`dvc exp apply lr-1`), validation accuracy 0.8400"
+            "best: trial 1, experiment lr-1, validation accuracy 0.8400: train.lr=0.0055 (dvc exp apply lr-1)"
             in text
         )
         images = [
@@ -54,7 +54,7 @@ def test_the_report_shows_an_experiments_params_metrics_changed_plots_and_best_t
         for image in images:
             assert (reproduced.path / image).read_bytes()[:8] == PNG, image
     finally:
-        shutil.rmtree(reproduced.path / "search")
+        (reproduced.path / "search" / "study.db").unlink()
         (reproduced.path / "report.md").unlink(missing_ok=True)
         shutil.rmtree(reproduced.path / "report", ignore_errors=True)
         restore_workspace(reproduced)
