@@ -27,6 +27,19 @@ from stages.paths import MODELS, RAW_DIR
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def committed(path: str) -> str:
+    """A file of the project as its last commit holds it. `dvc exp run -S ...` leaves its values
+    in the workspace's params.yaml and dvc.lock; the tests build their own params from the
+    committed ones, so an experiment in the workspace cannot change what they test."""
+    shown = subprocess.run(
+        ["git", "show", f"HEAD:{path}"], cwd=ROOT, capture_output=True, text=True
+    )
+    return shown.stdout if shown.returncode == 0 else (ROOT / path).read_text()  # no git: as is
+
+
+COMMITTED_PARAMS = committed(str(PARAMS_FILE))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One thread per torch process: two pytest workers (pyproject.toml) share the cores, and
     two processes at two threads each on two cores slow each other many times over. This
@@ -51,8 +64,10 @@ DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="session")
-def params() -> Params:
-    return load_params(ROOT / PARAMS_FILE)
+def params(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    path = tmp_path_factory.mktemp("committed") / "params.yaml"
+    path.write_text(COMMITTED_PARAMS)
+    return load_params(path)
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +104,7 @@ class Workdir:
 
     @classmethod
     def with_project_params(cls, path: Path) -> Workdir:
-        shutil.copy(ROOT / "params.yaml", path / "params.yaml")
+        (path / "params.yaml").write_text(COMMITTED_PARAMS)
         work = cls(path)
         work.set("numerics.threads", 1)  # as pytest_configure gives this process
         return work
@@ -160,7 +175,7 @@ def run_in_process(work: Workdir, stage: str) -> None:
 @pytest.fixture()
 def raw_params() -> dict:
     """The project's params.yaml as plain data, to change before validating."""
-    return yaml.safe_load((ROOT / PARAMS_FILE).read_text())
+    return yaml.safe_load(COMMITTED_PARAMS)
 
 
 def error_of_params(raw: dict, changes: dict[str, object]) -> str:

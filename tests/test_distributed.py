@@ -29,10 +29,10 @@ from stages.engine import Stats, train_epoch
 from stages.files import PARTIAL_SUFFIX
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
-from stages.params import PARAMS_FILE, Augment, Params, load_params
+from stages.params import Augment, Params, load_params
 from stages.paths import SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
 
-from .conftest import ROOT, Workdir
+from .conftest import COMMITTED_PARAMS, ROOT, Workdir
 
 
 def one_epoch(params: Params) -> tuple[MLP, Stats]:
@@ -52,7 +52,9 @@ def one_epoch(params: Params) -> tuple[MLP, Stats]:
 
 def worker(out: Path) -> None:
     with process_group(torch.device("cpu")):
-        model, stats = one_epoch(load_params(ROOT / PARAMS_FILE))
+        committed_params = out / f"params.{os.environ.get('RANK', '0')}.yaml"  # one per process
+        committed_params.write_text(COMMITTED_PARAMS)
+        model, stats = one_epoch(load_params(committed_params))
         if is_main():
             save_file(model.state_dict(), out / "weights.safetensors")
             (out / "stats.json").write_text(json.dumps([stats.loss, stats.accuracy]))

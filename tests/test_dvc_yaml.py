@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from stages import paths
 
-from .conftest import ROOT
+from .conftest import ROOT, committed
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
@@ -149,8 +149,8 @@ def test_committed_lock_matches_the_code_and_params() -> None:
     it must be re-recorded (`make repro`, commit dvc.lock), or `dvc status` shows the pipeline
     as changed in every fresh clone."""
     yaml12 = YAML(typ="safe")  # as DVC reads them: `1e-08` is a float in YAML 1.2, not in 1.1
-    lock = yaml12.load((ROOT / "dvc.lock").read_text())["stages"]
-    params = yaml12.load((ROOT / "params.yaml").read_text())
+    lock = yaml12.load(committed("dvc.lock"))["stages"]
+    params = yaml12.load(committed("params.yaml"))
     stale = []
     for name, stage in lock.items():
         for dep in stage["deps"]:

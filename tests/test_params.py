@@ -11,14 +11,14 @@ from hypothesis import strategies as st
 from stages.cli import StageError
 from stages.params import OPTIMIZERS, Params, load_params, parse_params
 
-from .conftest import ROOT
+from .conftest import COMMITTED_PARAMS
 
-PROJECT_RAW = yaml.safe_load((ROOT / "params.yaml").read_text())  # with_value copies it
+PROJECT_RAW = yaml.safe_load(COMMITTED_PARAMS)  # with_value copies it
 
 
 @pytest.fixture()
 def raw() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return yaml.safe_load(COMMITTED_PARAMS)
 
 
 def with_value(raw: dict, dotted: str, value: object) -> dict:

@@ -18,9 +18,9 @@ from stages.optimizers import OPTIMIZERS
 from stages.params import parse_params
 from stages.schedulers import SCHEDULERS
 
-from .conftest import ROOT, Workdir, run_in_process
+from .conftest import COMMITTED_PARAMS, Workdir, run_in_process
 
-PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
+PROJECT = yaml.safe_load(COMMITTED_PARAMS)
 STAGES = ["split", "train", "swa", "evaluate", "export"]
 
 unit = st.floats(0, 0.999)

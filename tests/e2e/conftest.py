@@ -16,7 +16,7 @@ import pytest
 import yaml
 from moto.server import ThreadedMotoServer
 
-from ..conftest import ROOT, drop_portable_env
+from ..conftest import COMMITTED_PARAMS, ROOT, drop_portable_env
 
 STAGES = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
 PROJECT_FILES = [
@@ -93,6 +93,7 @@ def make_project(path: Path, override: dict) -> Project:
             shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, path / name)
+    (path / "params.yaml").write_text(COMMITTED_PARAMS)  # not an experiment's, left in ROOT
     project = Project(path)
     project.set_params(override)
     project.run("git", "init", "-q", "-b", "main")
