@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset browser repro test lint exps queue search report bench
+.PHONY: help setup dataset browser repro test lint exps queue search report lesson ablation bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -40,8 +40,8 @@ lint: setup ## ruff lint and format check
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
 
-exps: ## compare experiments: test scores and the params that differ
-	@$(UV) run --no-sync dvc exp show --only-changed --precision 4 \
+exps: ## compare experiments: test scores and the params that differ; failed ones listed apart
+	@$(UV) run --no-sync python -m stages.exps --only-changed --precision 4 \
 		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
 		--keep 'accuracy|f1_macro'
 
@@ -60,6 +60,12 @@ search: ## Optuna search over search/space.yaml: TRIALS trials (20) shared by WO
 REV ?= main
 report: ## report.md for a pull request: params, metrics and changed plots vs REV (main), best search trials
 	$(UV) run --no-sync python -m stages.report --rev $(REV)
+
+lesson: ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...) as experiment 'lesson' (--temp)
+	$(UV) run --no-sync python -m stages.ablation $(ARGS)
+
+ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: README table (~30 min)
+	$(UV) run --no-sync python bench/ablation.py
 
 bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
 	$(UV) run --no-sync python bench/pipeline.py

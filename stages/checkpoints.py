@@ -44,6 +44,8 @@ class Architecture(ModelParams):
 
     input_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     batch_norm: bool = False
+    # a file records its normalization as pixel_mean and pixel_std (0 and 1 when off)
+    normalize_input: bool = Field(default=True, exclude=True)
     in_features: Literal[IMAGE_SIDE * IMAGE_SIDE]
     num_classes: Literal[len(CLASSES)]
     pixel_mean: Annotated[float, Field(ge=0, le=1)] = LEGACY_PIXEL_MEAN

@@ -8,8 +8,10 @@ import os
 import re
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from stages.paths import PARAMS_FILE
 
@@ -37,32 +39,58 @@ def run_stage(main: Callable[[], None], check_params: bool = True) -> None:
     except StageError as e:
         if os.environ.get("STAGES_DEBUG"):
             raise
-        _report(f"error: {e}")
-        sys.exit(2)
+        _fail(f"error: {e}", 2)
     except KeyboardInterrupt as e:
         name = e.args[0] if e.args else "SIGINT"
-        _report(f"interrupted ({name}): no output of this stage was written")
-        sys.exit(128 + signal.Signals[name])
+        _fail(
+            f"interrupted ({name}): no output of this stage was written", 128 + signal.Signals[name]
+        )
     except Exception as e:
         reason = _out_of_space(e)
-        if reason is None or os.environ.get("STAGES_DEBUG"):
+        if os.environ.get("STAGES_DEBUG"):
             raise
-        _report(
+        if reason is None:  # a bug, not the user's input: the traceback, then the way back
+            traceback.print_exc()
+            _fail(f"error: {stage} failed ({type(e).__name__}, above)", 1)
+        _fail(
             f"error: {stage}: {reason} while writing its outputs. None of them was written, and "
             "the earlier outputs and DVC's cache are as they were: free space (or lift the "
-            "limit), then rerun (dvc repro)"
+            "limit), then rerun (dvc repro)",
+            2,
         )
-        sys.exit(2)
     if check_params and file_digest(PARAMS_FILE) != params_before:
         # DVC records the params it reads after the command, which this run did not use
-        _report(
+        _fail(
             f"error: {PARAMS_FILE} changed while {stage} ran (another `dvc exp run` in this "
             "workspace, or an editor): its outputs are from the values it started with, so this "
             "run is not recorded. Run it again once nothing else changes params.yaml; to run "
             "experiments side by side, use `dvc exp run --queue` then `dvc queue start -j N`, "
-            "or `dvc exp run --temp`"
+            "or `dvc exp run --temp`",
+            2,
         )
-        sys.exit(2)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _report(f"{message}\n{way_back()}" if way_back() else message)
+    sys.exit(code)
+
+
+def way_back() -> str:
+    """Under DVC, the one command back to the last good state, or that the workspace is as it
+    was: a workspace `dvc exp run -S` has already written its values into params.yaml (and the
+    stages that finished, into dvc.lock), and DVC deleted the failed stage's outputs."""
+    if "DVC_STAGE" not in os.environ:
+        return ""  # run by hand: nothing of DVC's to undo
+    root = os.environ.get("DVC_ROOT")
+    if root and Path(root).resolve() != Path.cwd().resolve():
+        return (
+            "(this experiment ran in a temporary copy, queued or --temp: your workspace is as "
+            "it was)"
+        )
+    return (
+        "back to the last commit's params and outputs (this discards params.yaml's and "
+        "dvc.lock's uncommitted changes): git checkout params.yaml dvc.lock && dvc checkout"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -43,6 +43,8 @@ class MLPConfig:
 
     @classmethod
     def from_params(cls, p: ModelParams, pixel_mean: float, pixel_std: float) -> MLPConfig:
+        if not p.normalize_input:
+            pixel_mean, pixel_std = 0.0, 1.0
         return cls(
             hidden=tuple(p.hidden), dropout=p.dropout, input_dropout=p.input_dropout,
             batch_norm=p.batch_norm, pixel_mean=pixel_mean, pixel_std=pixel_std,

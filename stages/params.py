@@ -102,6 +102,9 @@ class Model(Strict):
     input_dropout: UnitFloat
     batch_norm: bool
     """BatchNorm after each hidden linear layer (before its ReLU)."""
+    normalize_input: bool
+    """Standardize the pixels with the training split's mean and std inside the model; false
+    feeds the [0, 1] pixels as they are, as the lesson does."""
 
 
 def _family(name: str, table: dict[str, type[BaseModel]]) -> type[Strict]:
@@ -406,6 +409,14 @@ def with_values(raw: dict, values: dict[str, Any]) -> dict:
     return out
 
 
+class InvalidParams(StageError):
+    """params that the schema refuses; `keys` are the dotted keys at fault."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     if not isinstance(raw, dict):
         raise StageError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
@@ -415,7 +426,8 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         problems = "\n".join(f"  - {_describe(err, raw)}" for err in e.errors()[:MAX_REPORTED])
         if e.error_count() > MAX_REPORTED:
             problems += f"\n  ... and {e.error_count() - MAX_REPORTED} more"
-        raise StageError(f"{source} has invalid params:\n{problems}") from None
+        keys = [".".join(str(p) for p in err["loc"]) for err in e.errors()]
+        raise InvalidParams(f"{source} has invalid params:\n{problems}", keys) from None
 
 
 def _describe(err: Any, raw: dict) -> str:

@@ -20,9 +20,11 @@ import json
 import shutil
 from pathlib import Path
 
-from stages.cli import run_stage
+import yaml
+
+from stages.cli import StageError, run_stage
 from stages.files import PARTIAL_SUFFIX, atomic_path, tensor_layout
-from stages.params import Params, Train, load_params
+from stages.params import InvalidParams, Params, Train, load_params
 from stages.paths import PARAMS_SCHEMA, RESUME_PARAMS_KEY, RESUME_SECTIONS
 
 OUTPUT_DIRS = (Path("data"), Path("models"), Path("metrics"))
@@ -31,7 +33,7 @@ OUTPUT_DIRS = (Path("data"), Path("models"), Path("metrics"))
 def main() -> None:
     # first: DVC has deleted it, and a refused params.yaml must leave the workspace as it was
     write_schema()
-    params = load_params()
+    params = load_checked_params()
     check_machine(params.train)
     print("validate: params.yaml is valid")
     remove_staging_leftovers()
@@ -42,6 +44,34 @@ def write_schema() -> None:
     text = json.dumps(Params.model_json_schema(by_alias=True), indent=2) + "\n"
     with atomic_path(PARAMS_SCHEMA) as tmp:
         tmp.write_text(text)
+
+
+def load_checked_params() -> Params:
+    """load_params, whose refusal also names the stages that read each wrong key: DVC reports
+    this stage as the one that failed, though its only fault is being first."""
+    try:
+        return load_params()
+    except InvalidParams as e:
+        readers = [f"{key}: {', '.join(stages_reading(key)) or 'none'}" for key in e.keys]
+        raise StageError(
+            f"{e}\nvalidate stopped the run before any stage, so no output was touched. "
+            f"The stages that read these keys (dvc.yaml): {'; '.join(readers)}"
+        ) from None
+
+
+def stages_reading(key: str, pipeline: Path = Path("dvc.yaml")) -> list[str]:
+    """The stages of `pipeline` whose params include the dotted `key` (or a part of it)."""
+    try:
+        stages = yaml.safe_load(pipeline.read_text())["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []  # a message's detail: never a reason to fail differently
+    return [
+        name
+        for name, stage in stages.items()
+        for declared in stage.get("params", [])
+        if isinstance(declared, str)
+        and (key == declared or key.startswith(f"{declared}.") or declared.startswith(f"{key}."))
+    ]
 
 
 def check_machine(cfg: Train) -> None:
