@@ -49,12 +49,14 @@ def run_queued(
     repo: Path,
     runs: dict[str, dict[str, object]],
     on_done: Callable[[str, dict], None] = lambda name, data: None,
+    options: tuple[str, ...] = (),
 ) -> dict[str, dict]:
-    """Queue each named experiment with its -S overrides, run the queue with one worker, and
-    return name -> dvc exp show data (`on_done` sees each as it finishes)."""
+    """Queue each named experiment with its -S overrides (and `dvc exp run` options), run the
+    queue with one worker, and return name -> dvc exp show data (`on_done` sees each as it
+    finishes)."""
     for name, overrides in runs.items():
         flags = [a for k, v in overrides.items() for a in ("-S", f"{k}={v}")]
-        dvc(repo, "exp", "run", "--queue", "-n", name, *flags)
+        dvc(repo, "exp", "run", "--queue", "-n", name, *options, *flags)
     # the worker it starts inherits its stdout: capturing it would wait for the whole queue
     subprocess.run(
         ["dvc", "queue", "start", "--jobs", "1"], cwd=repo, env=ENV, check=True,

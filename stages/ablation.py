@@ -70,10 +70,14 @@ def cumulative() -> dict[str, dict[str, object]]:
     return runs | {name: {**current, **changes} for name, _, changes in TRIED}
 
 
+def spelled(overrides: dict[str, object]) -> dict[str, str]:
+    """Each value as `-S key=value` must spell it for YAML to read it back (true, not True)."""
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in overrides.items()}
+
+
 def set_flags(overrides: dict[str, object]) -> list[str]:
-    """`-S key=value` arguments, values spelled as YAML reads them back."""
-    spelled = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in overrides.items()}
-    return [arg for key, value in spelled.items() for arg in ("-S", f"{key}={value}")]
+    """`-S key=value` arguments."""
+    return [arg for key, value in spelled(overrides).items() for arg in ("-S", f"{key}={value}")]
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,192 @@
+"""From the lesson's setup to the default, one change at a time, as real queued DVC experiments
+on full data; and the lesson's own loop, side by side, on the same data.
+
+    uv run python bench/ablation.py [--skip-lesson-loop] [--no-readme]    # make ablation
+
+In a fresh clone of HEAD (the workspace is not touched): first the lesson's own training loop
+(its NeuralNetwork, ToTensor's [0, 1] pixels, DataLoader(batch_size=64, shuffle=True),
+CrossEntropyLoss, SGD lr 1e-3, 10 epochs) on the pipeline's training split and on all 60,000
+training images, scored on the 10,000 test images, so `make lesson` can be compared with what
+the lesson prints. Then every step of stages/ablation.py (each keeps the changes before it) and
+each change tried and not kept, queued as experiments `ablation-<step>` and run one at a time
+(`--jobs 1`, so their times compare). Accuracy is the final (exported) model's on the test
+set; seconds are the train and swa stages' own, as they print them (`dvc queue logs`).
+Writes docs/ablation.json and the table between the README's ablation markers.
+Takes about 30 minutes here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._experiments import dvc, fresh_clone, metrics_of, run_queued
+from bench.pipeline import ROOT
+from stages.ablation import STEPS, TRIED, cumulative, spelled
+from stages.data import load_split
+from stages.fashion_mnist import read_images_and_labels
+from stages.lesson import NeuralNetwork
+from stages.paths import RAW_DIR, TEST_DATA, TRAIN_DATA
+
+README = ROOT / "README.md"
+RESULTS = ROOT / "docs" / "ablation.json"
+BEGIN, END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+STAGE_SECONDS = re.compile(r"\b(train|swa): ([\d.]+) s, [\d.]+ s per epoch")
+LESSON_SEEDS = (0, 1, 2)
+
+
+def lesson_loop(images: torch.Tensor, labels: torch.Tensor, test, seed: int) -> dict:
+    """The lesson's train_loop and test_loop, 10 epochs: test accuracy and seconds."""
+    torch.manual_seed(seed)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=64, shuffle=True)
+    model = NeuralNetwork()
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for _ in range(10):
+        model.train()
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        correct = sum(
+            (model(x).argmax(1) == y).sum().item()
+            for x, y in DataLoader(TensorDataset(test.images, test.labels), batch_size=64)
+        )
+    return {"accuracy": correct / len(test), "seconds": round(seconds, 1)}
+
+
+def lesson_loops(repo: Path) -> dict[str, list[dict]]:
+    """The lesson's loop on the pipeline's training split (several seeds) and on all 60,000
+    training images, as the lesson trains."""
+    split, test = load_split(repo / TRAIN_DATA), load_split(repo / TEST_DATA)
+    raw_images, raw_labels = read_images_and_labels(repo / RAW_DIR, "train")
+    full = (
+        torch.from_numpy(raw_images).float().div_(255),
+        torch.from_numpy(raw_labels.astype("int64")),
+    )
+    runs: dict[str, list[dict]] = {"split": [], "all 60,000": []}
+    for seed in LESSON_SEEDS:
+        runs["split"].append(lesson_loop(split.images, split.labels, test, seed))
+        print(f"lesson loop, training split, seed {seed}: {runs['split'][-1]}", flush=True)
+    runs["all 60,000"].append(lesson_loop(*full, test, LESSON_SEEDS[0]))
+    print(f"lesson loop, all 60,000, seed 0: {runs['all 60,000'][-1]}", flush=True)
+    return runs
+
+
+def stage_seconds(repo: Path, name: str) -> float:
+    """train + swa seconds as the stages printed them in the experiment's log."""
+    log = dvc(repo, "queue", "logs", name)
+    return round(sum(float(s) for _, s in STAGE_SECONDS.findall(log)), 1)
+
+
+def scores(data: dict) -> dict[str, float] | None:
+    """The final model's test scores (swa's entry: the averaged model, or the trained one
+    when swa.epochs is 0) and the exported model's test ECE; None for a failed run."""
+    metrics = metrics_of(data)
+    test = metrics.get("metrics/test.json", {}).get("swa")
+    if not test:
+        return None
+    exported = metrics.get("metrics/calibration.json", {}).get("test", {}).get("after", {})
+    return {"accuracy": test["accuracy"], "f1_macro": test["f1_macro"],
+            "ece": exported.get("ece", test["ece"])}  # fmt: skip
+
+
+def row(name: str, what: str, result: dict, base: float | None) -> str:
+    if result["scores"] is None:
+        return f"| `{name}` | {what} | failed | | | {result['seconds']:.0f} |"
+    accuracy = result["scores"]["accuracy"]
+    change = "" if base is None else f"{100 * (accuracy - base):+.2f} pt"
+    return (
+        f"| `{name}` | {what} | {accuracy:.4f} | {change} | {result['scores']['ece']:.3f} "
+        f"| {result['seconds']:.0f} |"
+    )
+
+
+def table(results: dict, lesson: dict[str, list[dict]]) -> str:
+    """The README's table: each step against the one before it, each tried change against the
+    default (the last step)."""
+    rows = [
+        "| step | what it adds | test acc | change | ECE | train + swa s |",
+        "|---|---|---|---|---|---|",
+    ]
+    previous = None
+    for name, what, _ in STEPS:
+        rows.append(row(name, what, results[name], previous))
+        previous = (results[name]["scores"] or {}).get("accuracy")
+    for name, what, _ in TRIED:
+        rows.append(row(name, what, results[name], previous))
+    if lesson["split"]:
+        split, full = lesson["split"], lesson["all 60,000"][0]
+        accuracies = [r["accuracy"] for r in split]
+        rows += [
+            "",
+            f"The lesson's own loop, 10 epochs on the same training split: test accuracy "
+            f"{statistics.mean(accuracies):.4f} (seeds {', '.join(map(str, LESSON_SEEDS))}: "
+            f"{', '.join(f'{a:.4f}' for a in accuracies)}; "
+            f"{statistics.median(r['seconds'] for r in split):.0f} s each); on all 60,000 "
+            f"training images, as the lesson trains: {full['accuracy']:.4f} "
+            f"({full['seconds']:.0f} s).",
+        ]
+    return "\n".join(rows)
+
+
+def write_readme(text: str) -> None:
+    readme = README.read_text()
+    if BEGIN not in readme or END not in readme:
+        sys.exit(f"{README} has no {BEGIN} ... {END} markers: the table is in {RESULTS}")
+    head, rest = readme.split(BEGIN, 1)
+    README.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-lesson-loop", action="store_true")
+    parser.add_argument("--no-readme", action="store_true", help="only print and write the JSON")
+    args = parser.parse_args()
+    runs = {f"ablation-{name}": spelled(overrides) for name, overrides in cumulative().items()}
+    with fresh_clone("ablation-") as repo:
+        dvc(repo, "repro", "download")  # the raw files, for the lesson's 60,000 images
+        lesson = {"split": [], "all 60,000": []}
+        if not args.skip_lesson_loop:
+            torch.set_num_threads(2)
+            lesson = lesson_loops(repo)
+
+        def report(name: str, data: dict) -> None:
+            print(f"{name}: {scores(data)}", flush=True)
+
+        # --force: each step runs every stage, so its seconds are its own (the run-cache would
+        # restore train for steps that change only swa or export)
+        done = run_queued(repo, runs, report, options=("--force",))
+        results = {
+            name.removeprefix("ablation-"): {
+                "overrides": runs[name],
+                "scores": scores(data),
+                "seconds": stage_seconds(repo, name),
+            }
+            for name, data in done.items()
+        }
+    RESULTS.write_text(json.dumps({"steps": results, "lesson_loop": lesson}, indent=2) + "\n")
+    text = table(results, lesson)
+    print(text)
+    if not args.no_readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()
