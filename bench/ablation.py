@@ -167,20 +167,17 @@ def main() -> None:
             torch.set_num_threads(2)
             lesson = lesson_loops(repo)
 
-        def report(name: str, data: dict) -> None:
-            print(f"{name}: {scores(data)}", flush=True)
+        results: dict[str, dict] = {}
+
+        def record(name: str, data: dict) -> None:
+            step = name.removeprefix("ablation-")
+            results[step] = {"overrides": runs[name], "scores": scores(data),
+                             "seconds": stage_seconds(repo, name)}  # fmt: skip
+            print(f"{step}: {results[step]['scores']}, {results[step]['seconds']} s", flush=True)
 
         # --force: each step runs every stage, so its seconds are its own (the run-cache would
         # restore train for steps that change only swa or export)
-        done = run_queued(repo, runs, report, options=("--force",))
-        results = {
-            name.removeprefix("ablation-"): {
-                "overrides": runs[name],
-                "scores": scores(data),
-                "seconds": stage_seconds(repo, name),
-            }
-            for name, data in done.items()
-        }
+        run_queued(repo, runs, record, options=("--force",))
     RESULTS.write_text(json.dumps({"steps": results, "lesson_loop": lesson}, indent=2) + "\n")
     text = table(results, lesson)
     print(text)
