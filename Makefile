@@ -61,7 +61,7 @@ REV ?= main
 report: ## report.md for a pull request: params, metrics and changed plots vs REV (main), best search trials
 	$(UV) run --no-sync python -m stages.report --rev $(REV)
 
-lesson: ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...) as experiment 'lesson' (--temp)
+lesson: setup ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...) as experiment 'lesson' (--temp)
 	$(UV) run --no-sync python -m stages.ablation $(ARGS)
 
 ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: README table (~30 min)

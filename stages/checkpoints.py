@@ -25,13 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save_file
 from torch.optim import Optimizer
 
-from stages.cli import StageError
-from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import PARTIAL_SUFFIX, atomic_path, sha256_file, tensor_layout
-from stages.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
-from stages.params import Model as ModelParams
-from stages.params import Params
-from stages.paths import RESUME_PARAMS_KEY, RESUME_SECTIONS
+from .cli import StageError
+from .fashion_mnist import CLASSES, IMAGE_SIDE
+from .files import PARTIAL_SUFFIX, atomic_path, sha256_file, tensor_layout
+from .model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
+from .params import Model as ModelParams
+from .params import Params
+from .paths import RESUME_PARAMS_KEY, RESUME_SECTIONS
 
 METADATA_KEY = "fashion_mlp"
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}  # BatchNorm counts its batches

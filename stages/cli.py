@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from stages.paths import PARAMS_FILE
+from .paths import PARAMS_FILE
 
 
 class StageError(Exception):

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from stages.cli import StageError
-from stages.fashion_mnist import CLASSES, IMAGE_SIDE, TEST_SIZE, TRAIN_SIZE
-from stages.files import tensor_layout
+from .cli import StageError
+from .fashion_mnist import CLASSES, IMAGE_SIDE, TEST_SIZE, TRAIN_SIZE
+from .files import tensor_layout
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stages.cli import StageError
-from stages.numerics import pin
-from stages.params import Params, load_params
+from .cli import StageError
+from .numerics import pin
+from .params import Params, load_params
 
 LAUNCHED_ENV = "LOCAL_RANK"
 """Set by torchrun in each process it starts."""

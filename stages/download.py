@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stages.cli import StageError, run_stage
-from stages.fashion_mnist import RAW_FILES, RawFile, decompress_verified
-from stages.files import atomic_dir
-from stages.params import Download, load_params
-from stages.paths import RAW_DIR
+from .cli import StageError, run_stage
+from .fashion_mnist import RAW_FILES, RawFile, decompress_verified
+from .files import atomic_dir
+from .params import Download, load_params
+from .paths import RAW_DIR
 
 
 def fetch_local(raw: RawFile, source_dir: Path) -> bytes:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from stages.schema import Mode, NonNegativeFloat, Strict, ValMetric, check_mode
+from .schema import Mode, NonNegativeFloat, Strict, ValMetric, check_mode
 
 
 class EarlyStoppingArgs(Strict):

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from stages.cli import StageError
-from stages.data import Images
-from stages.distributed import (
+from .cli import StageError
+from .data import Images
+from .distributed import (
     all_reduce_sum,
     broadcast_buffers,
     is_main,
@@ -39,11 +39,11 @@ from stages.distributed import (
     unwrap,
     world_size,
 )
-from stages.files import atomic_dir, copy_file, write_csv, write_json
-from stages.losses import LossFn
-from stages.model import predict_logits
-from stages.optimizers import needs_closure
-from stages.params import Augment
+from .files import atomic_dir, copy_file, write_csv, write_json
+from .losses import LossFn
+from .model import predict_logits
+from .optimizers import needs_closure
+from .params import Augment
 
 
 def seed_everything(seed: int, device: torch.device) -> None:

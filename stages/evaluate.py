@@ -22,17 +22,17 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from stages.calibration import calibration_error, reliability_rows
-from stages.checkpoints import load_model
-from stages.cli import run_stage
-from stages.data import Images, load_split
-from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_dir, write_csv, write_json
-from stages.losses import LossFn, build_loss
-from stages.model import predict_logits
-from stages.numerics import pin
-from stages.params import load_params
-from stages.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
+from .calibration import calibration_error, reliability_rows
+from .checkpoints import load_model
+from .cli import run_stage
+from .data import Images, load_split
+from .fashion_mnist import CLASSES, IMAGE_SIDE
+from .files import atomic_dir, write_csv, write_json
+from .losses import LossFn, build_loss
+from .model import predict_logits
+from .numerics import pin
+from .params import load_params
+from .paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
 
 NUM_CLASSES = len(CLASSES)
 

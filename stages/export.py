@@ -20,17 +20,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from stages.calibration import calibration_report
-from stages.checkpoints import load_model, save_model
-from stages.cli import StageError, run_stage
-from stages.data import Images, load_split
-from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.files import atomic_dir, atomic_path, copy_file, read_json, sha256_file, write_json
-from stages.lesson import STACK, NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
-from stages.model import MLP, MLPConfig, fold_temperature, predict_logits
-from stages.numerics import pin
-from stages.params import Export, Params, load_params
-from stages.paths import (
+from .calibration import calibration_report
+from .checkpoints import load_model, save_model
+from .cli import StageError, run_stage
+from .data import Images, load_split
+from .fashion_mnist import CLASSES, IMAGE_SIDE
+from .files import atomic_dir, atomic_path, copy_file, read_json, sha256_file, write_json
+from .lesson import STACK, NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
+from .model import MLP, MLPConfig, fold_temperature, predict_logits
+from .numerics import pin
+from .params import Export, Params, load_params
+from .paths import (
     CALIBRATION_METRICS,
     EXPORT_CARD,
     EXPORT_DIR,

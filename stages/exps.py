@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from stages.paths import PARAMS_FILE
+from .paths import PARAMS_FILE
 
 
 def main(argv: list[str]) -> int:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from stages.cli import StageError
-from stages.files import atomic_path
+from .cli import StageError
+from .files import atomic_path
 
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

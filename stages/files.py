@@ -16,7 +16,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from stages.cli import StageError
+from .cli import StageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

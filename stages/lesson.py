@@ -16,7 +16,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from stages.model import MLP
+from .model import MLP
 
 STACK = "linear_relu_stack"
 

@@ -13,12 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stages.schema import Strict, UnitFloat
+from .schema import Strict, UnitFloat
 
 if TYPE_CHECKING:
     import torch
 
-    from stages.params import Train
+    from .params import Train
 
 LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.params import Model as ModelParams
+from .fashion_mnist import CLASSES, IMAGE_SIDE
+from .params import Model as ModelParams
 
 # What models written before the statistics came from the training split used: those of all
 # 60,000 training images, validation included. Read only for such files (stages/checkpoints.py).

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from stages.cli import StageError
+from .cli import StageError
 
 if TYPE_CHECKING:
-    from stages.params import Numerics, Train
+    from .params import Numerics, Train
 
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
 PORTABLE_CAPABILITY = "AVX2"

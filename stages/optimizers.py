@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from stages.schema import NonNegativeFloat, PositiveFloat, PositiveInt, Strict, UnitFloat
+from .schema import NonNegativeFloat, PositiveFloat, PositiveInt, Strict, UnitFloat
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
 
-    from stages.params import Train
+    from .params import Train
 
 
 class OptimizerArgs(Strict):

@@ -29,14 +29,14 @@ from pydantic import (
     model_validator,
 )
 
-from stages.cli import StageError
-from stages.early_stopping import EarlyStoppingArgs
-from stages.fashion_mnist import TRAIN_SIZE
-from stages.losses import LOSSES, LossArgs
-from stages.optimizers import OPTIMIZERS, REFUSED_OPTIMIZERS, OptimizerArgs
-from stages.paths import PARAMS_FILE
-from stages.schedulers import SCHEDULERS, SchedulerArgs
-from stages.schema import (
+from .cli import StageError
+from .early_stopping import EarlyStoppingArgs
+from .fashion_mnist import TRAIN_SIZE
+from .losses import LOSSES, LossArgs
+from .optimizers import OPTIMIZERS, REFUSED_OPTIMIZERS, OptimizerArgs
+from .paths import PARAMS_FILE
+from .schedulers import SCHEDULERS, SchedulerArgs
+from .schema import (
     AutoOrPositive,
     NonNegativeFloat,
     PositiveFloat,

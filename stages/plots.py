@@ -64,7 +64,7 @@ def chart_png(spec: dict[str, Any]) -> bytes:
 
 
 def main() -> None:
-    from stages.files import atomic_path
+    from .files import atomic_path
 
     with atomic_path(OFFLINE_TEMPLATE) as staging:
         staging.write_text(offline_template())

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.cli import StageError, run_stage
-from stages.fashion_mnist import CLASSES, IMAGE_SIDE
-from stages.model import predict_logits
-from stages.registry import load_model
+from .cli import StageError, run_stage
+from .fashion_mnist import CLASSES, IMAGE_SIDE
+from .model import predict_logits
+from .registry import load_model
 
 MAX_PIXELS = 64_000_000
 """More than any photo has, less than where PIL warns of a decompression bomb; checked on the
@@ -84,5 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{path}: " + ", ".join(f"{label} {p:.3f}" for label, p in ranked))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`fashion-mnist-predict`, the command this package installs."""
     run_stage(main)
+
+
+if __name__ == "__main__":
+    cli()

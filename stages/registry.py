@@ -3,9 +3,12 @@
 The weights are read through `dvc.api` (from the workspace, the local DVC cache or the remote)
 and parsed as safetensors: nothing is unpickled, whatever the revision holds.
 
-    from stages.registry import load_model
+    from stages.registry import load_model   # in this repository
     model = load_model(rev="v1.0.0")          # this repository
     model = load_model(rev="exp-name", repo="https://github.com/org/project")
+
+From another project, with this one installed (pyproject.toml): `from fashion_mnist_mlp import
+load_model`, with `repo` naming this project (without it, the current directory's repository is read).
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from stages.checkpoints import load_model as load_model_file
-from stages.cli import StageError
-from stages.model import MLP, fold_temperature
-from stages.paths import EXPORT_WEIGHTS
+from .checkpoints import load_model as load_model_file
+from .cli import StageError
+from .model import MLP, fold_temperature
+from .paths import EXPORT_WEIGHTS
 
 
 def read_model_bytes(

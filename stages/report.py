@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stages.cli import StageError, run_stage
-from stages.files import atomic_dir, atomic_path
-from stages.plots import chart_png
+from .cli import StageError, run_stage
+from .files import atomic_dir, atomic_path
+from .plots import chart_png
 
 REPORT = Path("report.md")
 STUDY = Path("search/study.db")
@@ -125,8 +125,8 @@ def slug(text: str) -> str:
 def search_summary(images: Path, link: str) -> str:
     import optuna
 
-    from stages.search import summary, write_plots
-    from stages.trials import connect
+    from .search import summary, write_plots
+    from .trials import connect
 
     storage = connect(f"sqlite:///{STUDY.resolve()}")
     parts = []

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from stages.formula import FormulaError, compile_formula, parse
-from stages.schema import (
+from .formula import FormulaError, compile_formula, parse
+from .schema import (
     Mode,
     NonNegativeFloat,
     PositiveFloat,
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
     from torch.optim.lr_scheduler import LRScheduler
 
-    from stages.params import Train
+    from .params import Train
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,11 @@ from typing import Any
 import optuna
 from optuna.trial import Trial, TrialState
 
-from stages.cli import StageError, file_digest, run_stage
-from stages.files import atomic_path
-from stages.paths import CALIBRATION_METRICS, PARAMS_FILE
-from stages.space import SPACE_FILE, Space, decode, load_space
-from stages.trials import connect, trial_env
+from .cli import StageError, file_digest, run_stage
+from .files import atomic_path
+from .paths import CALIBRATION_METRICS, PARAMS_FILE
+from .space import SPACE_FILE, Space, decode, load_space
+from .trials import connect, trial_env
 
 SEARCH_DIR = Path("search")
 DEFAULT_STORAGE = SEARCH_DIR / "study.db"

@@ -24,10 +24,10 @@ from optuna.distributions import (
 )
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
-from stages.cli import StageError
-from stages.params import parse_params, read_raw_params, with_values
-from stages.paths import PARAMS_FILE
-from stages.schema import Seed, Strict
+from .cli import StageError
+from .params import parse_params, read_raw_params, with_values
+from .paths import PARAMS_FILE
+from .schema import Seed, Strict
 
 SPACE_FILE = Path("search/space.yaml")
 

@@ -6,8 +6,8 @@ safetensors, so later stages never decode the IDX files again.
 
 from __future__ import annotations
 
-from stages.cli import run_stage
-from stages.fashion_mnist import (
+from .cli import run_stage
+from .fashion_mnist import (
     RAW_FILES,
     class_counts,
     pixel_statistics,
@@ -15,9 +15,9 @@ from stages.fashion_mnist import (
     save_arrays,
     stratified_split,
 )
-from stages.files import sha256_file, write_json
-from stages.params import load_params
-from stages.paths import RAW_DIR, SPLIT_MANIFEST, TEST_DATA, TRAIN_DATA, VAL_DATA
+from .files import sha256_file, write_json
+from .params import load_params
+from .paths import RAW_DIR, SPLIT_MANIFEST, TEST_DATA, TRAIN_DATA, VAL_DATA
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from stages.checkpoints import (
+from .checkpoints import (
     RunKey,
     TrainingState,
     load_model,
@@ -29,9 +29,9 @@ from stages.checkpoints import (
     save_model,
     save_training_state,
 )
-from stages.cli import StageError, run_stage
-from stages.data import Images, load_split
-from stages.distributed import (
+from .cli import StageError, run_stage
+from .data import Images, load_split
+from .distributed import (
     broadcast_bytes,
     is_main,
     require_same,
@@ -39,13 +39,13 @@ from stages.distributed import (
     world_size,
     wrap,
 )
-from stages.engine import EpochLog, batches, epoch_log, fit, seed_everything
-from stages.files import copy_file
-from stages.losses import build_loss
-from stages.numerics import in_effect
-from stages.optimizers import build_optimizer
-from stages.params import Params, Swa, Train
-from stages.paths import (
+from .engine import EpochLog, batches, epoch_log, fit, seed_everything
+from .files import copy_file
+from .losses import build_loss
+from .numerics import in_effect
+from .optimizers import build_optimizer
+from .params import Params, Swa, Train
+from .paths import (
     SWA_LIVE,
     SWA_MODEL,
     SWA_RESOURCES,

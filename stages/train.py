@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from stages.checkpoints import (
+from .checkpoints import (
     RunKey,
     TrainingState,
     load_training_state,
@@ -25,9 +25,9 @@ from stages.checkpoints import (
     save_model,
     save_training_state,
 )
-from stages.cli import run_stage
-from stages.data import load_split, read_pixel_statistics
-from stages.distributed import (
+from .cli import run_stage
+from .data import load_split, read_pixel_statistics
+from .distributed import (
     broadcast_bytes,
     is_main,
     require_same,
@@ -35,14 +35,14 @@ from stages.distributed import (
     world_size,
     wrap,
 )
-from stages.early_stopping import Watcher
-from stages.engine import EpochLog, current_lr, epoch_log, fit, seed_everything, steps_per_epoch
-from stages.losses import build_loss
-from stages.model import MLP, MLPConfig
-from stages.numerics import in_effect
-from stages.optimizers import averaged_copy, build_optimizer, load_average
-from stages.params import Params, Train
-from stages.paths import (
+from .early_stopping import Watcher
+from .engine import EpochLog, current_lr, epoch_log, fit, seed_everything, steps_per_epoch
+from .losses import build_loss
+from .model import MLP, MLPConfig
+from .numerics import in_effect
+from .optimizers import averaged_copy, build_optimizer, load_average
+from .params import Params, Train
+from .paths import (
     SPLIT_MANIFEST,
     TRAIN_DATA,
     TRAIN_LIVE,
@@ -51,9 +51,9 @@ from stages.paths import (
     TRAIN_RESUME,
     VAL_DATA,
 )
-from stages.registry import fixed_commit, warm_start
-from stages.schedulers import Schedule, build_schedule
-from stages.trials import epoch_reporter
+from .registry import fixed_commit, warm_start
+from .schedulers import Schedule, build_schedule
+from .trials import epoch_reporter
 
 
 def main() -> None:

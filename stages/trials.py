@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from stages.cli import StageError
+from .cli import StageError
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage

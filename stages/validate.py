@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from stages.cli import StageError, run_stage
-from stages.files import PARTIAL_SUFFIX, atomic_path, tensor_layout
-from stages.params import InvalidParams, Params, Train, load_params
-from stages.paths import PARAMS_SCHEMA, RESUME_PARAMS_KEY, RESUME_SECTIONS
+from .cli import StageError, run_stage
+from .files import PARTIAL_SUFFIX, atomic_path, tensor_layout
+from .params import InvalidParams, Params, Train, load_params
+from .paths import PARAMS_SCHEMA, RESUME_PARAMS_KEY, RESUME_SECTIONS
 
 OUTPUT_DIRS = (Path("data"), Path("models"), Path("metrics"))
 
@@ -79,11 +79,11 @@ def check_machine(cfg: Train) -> None:
     warm-start revision this repository lacks. Importing torch costs seconds of every params
     change, so only a setting that needs it does."""
     if cfg.device == "cuda" or (cfg.device == "auto" and cfg.nproc > 1):
-        from stages.distributed import machine_device
+        from .distributed import machine_device
 
         machine_device(cfg.device, cfg.nproc)
     if cfg.init is not None:
-        from stages.registry import fixed_commit
+        from .registry import fixed_commit
 
         fixed_commit(cfg.init, "train.init")
 

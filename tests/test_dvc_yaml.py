@@ -30,13 +30,13 @@ def project_imports(module: str) -> set[str]:
             continue
         seen.add(name)
         tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.ImportFrom)
-                and node.module
-                and node.module.startswith("stages.")
-            ):
-                todo.append(node.module.removeprefix("stages."))
+        # the package imports itself relatively (`from .params import ...`): it is installed
+        # under another name (pyproject.toml)
+        todo += [
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+        ]
     return seen
 
 

@@ -95,3 +95,35 @@ def test_a_refused_exp_run_set_value_costs_nothing(
     output = refused(reproduced, "dvc", "exp", "run", "-S", setting)
     assert message in output
     reproduced.assert_clean()
+
+
+def test_a_failed_workspace_experiment_ends_with_the_way_back_which_works(
+    reproduced: Project,
+) -> None:
+    """A stage that fails under a workspace `dvc exp run -S` (after validate: here export's
+    parity check, held to an impossible tolerance) ends with the one command back to the last
+    commit's params and outputs; typed as printed, it leaves the workspace as committed."""
+    result = reproduced.run(
+        "dvc", "exp", "run", "-S", "export.atol=1e-12", "-S", "export.rtol=0", check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "ONNX parity check failed" in output, output
+    stage_message = output[output.index("error: ") :].splitlines()
+    assert stage_message[1].endswith(": git checkout params.yaml dvc.lock && dvc checkout")
+    assert "atol: 1.0e-12" in reproduced.read("params.yaml")  # what a newcomer is left with
+    reproduced.run("bash", "-c", stage_message[1].split(": ", 1)[1])
+    reproduced.assert_clean()
+
+
+def test_a_failed_temporary_experiment_says_the_workspace_is_untouched(
+    reproduced: Project,
+) -> None:
+    result = reproduced.run(
+        "dvc", "exp", "run", "--temp", "-S", "export.atol=1e-12", "-S", "export.rtol=0",
+        check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "ONNX parity check failed" in output, output
+    assert "ran in a temporary copy, queued or --temp: your workspace is as it was" in output
+    assert "git checkout params.yaml" not in output
+    reproduced.assert_clean()

@@ -41,6 +41,10 @@ def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
     assert experiments(reproduced)["bad-lr"]["state"] == "failed"
     log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
     assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
+    # make exps: the failed one listed apart with what it tried, none of its baseline's scores
+    table, failed = reproduced.run("python", "-m", "stages.exps").stdout.split("\nFailed", 1)
+    assert "bad-lr" not in table
+    assert ["bad-lr", "train.lr=-1"] in [line.split() for line in failed.splitlines()], failed
 
     # the same experiment alone, in a temporary copy, computed again from swa on (forced: not
     # restored from the run-cache the workers filled): the bytes the parallel workers made
