@@ -41,7 +41,8 @@ def finished(repo: Path, names: set[str]) -> dict[str, dict]:
             for rev in exp["revs"]:
                 name = rev.get("name") or exp.get("name")
                 if name in names and state in (None, "success", "failed"):
-                    done[name] = rev.get("data") or {}
+                    # a failed run's row holds its baseline's scores, not its own
+                    done[name] = {} if state == "failed" else rev.get("data") or {}
     return done
 
 

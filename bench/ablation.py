@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._experiments import dvc, fresh_clone, metrics_of, run_queued
-from bench.pipeline import ROOT
+from bench.pipeline import ENV, ROOT
 from stages.ablation import STEPS, TRIED, cumulative, spelled
 from stages.data import load_split
 from stages.fashion_mnist import read_images_and_labels
@@ -91,7 +92,9 @@ def lesson_loops(repo: Path) -> dict[str, list[dict]]:
 
 def stage_seconds(repo: Path, name: str) -> float:
     """train + swa seconds as the stages printed them in the experiment's log."""
-    log = dvc(repo, "queue", "logs", name)
+    # not checked: a run that failed before its first stage has no log
+    logs = ["dvc", "queue", "logs", name]
+    log = subprocess.run(logs, cwd=repo, env=ENV, capture_output=True, text=True).stdout
     return round(sum(float(s) for _, s in STAGE_SECONDS.findall(log)), 1)
 
 

@@ -144,7 +144,7 @@ def average_weights(
 
 
 def main() -> None:
-    run_data_parallel("stages.swa", finalize)
+    run_data_parallel(__spec__.name, finalize)  # stages.swa, or as installed
 
 
 def finalize(params: Params, device: torch.device) -> None:

@@ -57,7 +57,7 @@ from .trials import epoch_reporter
 
 
 def main() -> None:
-    run_data_parallel("stages.train", train)
+    run_data_parallel(__spec__.name, train)  # stages.train, or as installed
 
 
 def train(params: Params, device: torch.device) -> None:

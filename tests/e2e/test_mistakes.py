@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+import yaml
 
-from .conftest import Project
+from .conftest import Project, restore_workspace
 
 pytestmark = pytest.mark.e2e
 
@@ -103,16 +104,21 @@ def test_a_failed_workspace_experiment_ends_with_the_way_back_which_works(
     """A stage that fails under a workspace `dvc exp run -S` (after validate: here export's
     parity check, held to an impossible tolerance) ends with the one command back to the last
     commit's params and outputs; typed as printed, it leaves the workspace as committed."""
-    result = reproduced.run(
-        "dvc", "exp", "run", "-S", "export.atol=1e-12", "-S", "export.rtol=0", check=False
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0 and "ONNX parity check failed" in output, output
-    stage_message = output[output.index("error: ") :].splitlines()
-    assert stage_message[1].endswith(": git checkout params.yaml dvc.lock && dvc checkout")
-    assert "atol: 1.0e-12" in reproduced.read("params.yaml")  # what a newcomer is left with
-    reproduced.run("bash", "-c", stage_message[1].split(": ", 1)[1])
-    reproduced.assert_clean()
+    try:
+        result = reproduced.run(
+            "dvc", "exp", "run", "-S", "export.atol=1e-12", "-S", "export.rtol=0", check=False
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and "ONNX parity check failed" in output, output
+        way_back = output[output.index("error: ") :].splitlines()[1]
+        assert way_back.endswith(": git checkout params.yaml dvc.lock && dvc checkout"), output
+        # what a newcomer is left with: the failed value in params.yaml, export's outputs gone
+        assert yaml.safe_load(reproduced.read("params.yaml"))["export"]["atol"] == 1e-12
+        assert not (reproduced.path / "models" / "export").exists()
+        reproduced.run("bash", "-c", way_back.split(": ", 1)[1])
+        reproduced.assert_clean()
+    finally:
+        restore_workspace(reproduced)  # for the tests after this one, whatever happened
 
 
 def test_a_failed_temporary_experiment_says_the_workspace_is_untouched(
