@@ -113,7 +113,8 @@ def test_a_failed_workspace_experiment_ends_with_the_way_back_which_works(
         way_back = output[output.index("error: ") :].splitlines()[1]
         assert way_back.endswith(": git checkout params.yaml dvc.lock && dvc checkout"), output
         # what a newcomer is left with: the failed value in params.yaml, export's outputs gone
-        assert yaml.safe_load(reproduced.read("params.yaml"))["export"]["atol"] == 1e-12
+        # (DVC writes 1e-12, which YAML 1.2 reads as a number and PyYAML's 1.1 as a string)
+        assert float(yaml.safe_load(reproduced.read("params.yaml"))["export"]["atol"]) == 1e-12
         assert not (reproduced.path / "models" / "export").exists()
         reproduced.run("bash", "-c", way_back.split(": ", 1)[1])
         reproduced.assert_clean()
