@@ -3,7 +3,7 @@
 Installed in another project (pyproject.toml), this package is `fashion_mnist_mlp`:
 
     from fashion_mnist_mlp import load_model
-    model = load_model(repo="https://github.com/<org>/<project>", rev="fashion-mlp@v1.0.0")
+    model = load_model(repo="https://github.com/<org>/<project>", rev="fashion-mlp@v1.1.0")
 """
 
 from __future__ import annotations

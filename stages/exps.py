@@ -1,6 +1,6 @@
 """`make exps`: DVC's experiments table, with failed experiments listed apart and scoreless.
 
-A failed queued or --temp experiment has no outputs of its own; `dvc exp show` fills its row
+A failed queued experiment has no outputs of its own; `dvc exp show` fills its row
 from the dvc.lock it was queued with, so its scores are its baseline's. The table hides those
 rows (`--hide-failed`), and a list below names each failed experiment, the params it tried and
 how to see why it failed.

@@ -145,8 +145,8 @@ def test_another_project_installs_this_one_and_loads_a_tagged_model(
 ) -> None:
     """pyproject.toml's package in a virtual environment of its own (its dependencies at the
     locked versions), used from a directory outside any repository."""
-    tag = "fashion-mlp@v1.0.0"
-    if project.run("git", "tag", "-l", tag).stdout.strip() != tag:  # test_retrieval makes it
+    tag = "fashion-mlp@v1.1.0"
+    if project.run("git", "tag", "-l", tag).stdout.strip() != tag:  # test_remote makes it
         project.run("git", "tag", "-a", tag, "-m", "release")
     uv = [*(shutil.which("uv") or "python3 -m uv").split(), "-q"]  # as the Makefile finds it
     venv, elsewhere = tmp_path / "venv", tmp_path / "elsewhere"
