@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._experiments import dvc, fresh_clone, metrics_of, run_queued
+from bench.epoch_time import lesson_train_loop
 from bench.pipeline import ENV, ROOT
 from stages.ablation import STEPS, TRIED, cumulative, spelled
 from stages.data import load_split
@@ -56,12 +57,7 @@ def lesson_loop(images: torch.Tensor, labels: torch.Tensor, test, seed: int) -> 
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     for _ in range(10):
-        model.train()
-        for x, y in loader:
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        lesson_train_loop(loader, model, loss_fn, optimizer)
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():

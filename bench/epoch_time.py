@@ -19,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -99,15 +99,19 @@ def tutorial_epoch(raw_dir: Path, n_images: int) -> Callable[[], None]:
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
 
-    def run() -> None:
-        model.train()
-        for x, y in loader:
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+    return lambda: lesson_train_loop(loader, model, loss_fn, optimizer)
 
-    return run
+
+def lesson_train_loop(
+    loader: Iterable, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """The lesson's train_loop: one pass over the loader."""
+    model.train()
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
 
 
 def project_epoch(data: Images, **overrides: object) -> Callable[[], object]:
