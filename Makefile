@@ -64,7 +64,7 @@ report: ## report.md for a pull request: params, metrics and changed plots vs RE
 lesson: setup ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...) as experiment 'lesson' (--temp)
 	$(UV) run --no-sync python -m stages.ablation $(ARGS)
 
-ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: README table (~30 min)
+ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: README table (~40 min)
 	$(UV) run --no-sync python bench/ablation.py
 
 bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
