@@ -36,7 +36,7 @@ from bench._experiments import dvc, fresh_clone, metrics_of, run_queued
 from bench.epoch_time import lesson_train_loop
 from bench.pipeline import ENV, ROOT
 from stages.ablation import STEPS, TRIED, cumulative, spelled
-from stages.data import load_split
+from stages.data import Images, load_split
 from stages.fashion_mnist import read_images_and_labels
 from stages.lesson import NeuralNetwork
 from stages.paths import RAW_DIR, TEST_DATA, TRAIN_DATA
@@ -48,7 +48,7 @@ STAGE_SECONDS = re.compile(r"\b(train|swa): ([\d.]+) s, [\d.]+ s per epoch")
 LESSON_SEEDS = (0, 1, 2)
 
 
-def lesson_loop(images: torch.Tensor, labels: torch.Tensor, test, seed: int) -> dict:
+def lesson_loop(images: torch.Tensor, labels: torch.Tensor, test: Images, seed: int) -> dict:
     """The lesson's train_loop and test_loop, 10 epochs: test accuracy and seconds."""
     torch.manual_seed(seed)
     loader = DataLoader(TensorDataset(images, labels), batch_size=64, shuffle=True)
