@@ -39,6 +39,15 @@ class Horizon:
     steps_per_epoch: int
     lr: float
 
+    @property
+    def last_epoch(self) -> int:
+        """The steps from the lr of the first epoch to that of the last: a per-epoch scheduler
+        steps after every epoch but the last, so one that anneals to an end value over
+        `epochs` steps (torch's examples) would reach it only after the run (linear's last
+        epoch of 40 ran at 0.035 x lr for end_factor 0.01), and swa starts from the lr the
+        last epoch used. At least 1, which torch divides by; a 1-epoch run never steps."""
+        return max(1, self.epochs - 1)
+
 
 def _torch_schedulers() -> Any:
     from torch.optim import lr_scheduler
@@ -113,14 +122,14 @@ class CosineLR(SchedulerArgs):
     eta_min: NonNegativeFloat
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
-        T_max = max(1, horizon.epochs)
-        return _torch_schedulers().CosineAnnealingLR(optimizer, T_max, self.eta_min)
+        return _torch_schedulers().CosineAnnealingLR(optimizer, horizon.last_epoch, self.eta_min)
 
 
 class CosineWarmRestarts(SchedulerArgs):
     """SGDR. Torch documents stepping it with fractional epochs (`step(epoch + i / iters)`);
     stepping per batch with T_0 counted in batches gives the same curve, and resumes with
-    torch's own state alone."""
+    torch's own state alone. A cycle's last batch runs one batch short of eta_min (the next
+    restarts at the lr), about (pi / batches in the cycle)^2 / 4 of the lr above it."""
 
     T_0: PositiveInt
     """Epochs to the first restart."""
@@ -222,6 +231,8 @@ class OneCycleLR(Cycling):
     anneal_strategy: Literal["cos", "linear"]
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
+        # torch's total_steps counts lrs, not steps: its last, lr / div_factor /
+        # final_div_factor, is the run's last batch's
         total_steps = max(1, horizon.epochs * horizon.steps_per_epoch)
         # A warm-up of exactly one step ends where it starts, and torch's OneCycleLR divides
         # by its zero length; just under one step it is no warm-up, as it should be.
@@ -268,8 +279,7 @@ class Polynomial(SchedulerArgs):
     power: PositiveFloat
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
-        total_iters = max(1, horizon.epochs)
-        return _torch_schedulers().PolynomialLR(optimizer, total_iters, self.power)
+        return _torch_schedulers().PolynomialLR(optimizer, horizon.last_epoch, self.power)
 
 
 class Linear(SchedulerArgs):
@@ -277,9 +287,8 @@ class Linear(SchedulerArgs):
     end_factor: Annotated[float, Field(ge=0, le=1)]
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
-        total_iters = max(1, horizon.epochs)
         return _torch_schedulers().LinearLR(
-            optimizer, self.start_factor, self.end_factor, total_iters
+            optimizer, self.start_factor, self.end_factor, horizon.last_epoch
         )
 
 
@@ -306,8 +315,11 @@ class Schedule:
 
     No step follows the run's last batch or epoch: it would set the lr of a step that never
     comes (one-cycle's linear annealing extrapolates it below zero), and the lr a run ends at,
-    which swa starts from, must be the one its last step used. `trace` holds the lr every batch
-    used, for the per-batch plot."""
+    which swa starts from, must be the one its last step used. So the first batch after the
+    warm-up runs at the scheduler's start value and the last batch at its end value: linear's
+    end_factor x lr, cosine's eta_min, polynomial's 0, one-cycle's lr / div_factor /
+    final_div_factor (the periodic cyclic and SGDR end wherever their cycle is). `trace` holds
+    the lr every batch used, for the per-batch plot."""
 
     def __init__(
         self,

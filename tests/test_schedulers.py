@@ -1,17 +1,24 @@
 from __future__ import annotations
 
+import csv
+import math
 import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
+from stages.checkpoints import load_model
 from stages.engine import current_lr
 from stages.model import MLP, MLPConfig
 from stages.optimizers import build_optimizer
 from stages.params import Params
-from stages.schedulers import SCHEDULERS, build_schedule
+from stages.paths import TRAIN_LIVE, TRAIN_MODEL
+from stages.schedulers import SCHEDULERS, CosineWarmRestarts, Cyclic, build_schedule
 
-from .conftest import error_of_params
+from .conftest import Workdir, error_of_params, run_in_process
 from .toolbox import losses_while_training, train_config
 
 
@@ -171,3 +178,119 @@ def test_cycling_momentum_needs_an_optimizer_with_momentum(raw_params: dict) -> 
     changes = {"train.scheduler": "cyclic", "train.optimizer": "adagrad",
                "train.schedulers.cyclic.cycle_momentum": True}  # fmt: skip
     assert "'adagrad' has none" in error_of_params(raw_params, changes)
+
+
+# The start and end values the README documents, as a factor of the optimizer's lr, of a run of
+# EPOCHS scheduled epochs (after any warm-up) of STEPS batches, with the arguments ENDS sets
+EPOCHS, STEPS = 8, 5
+LAST_EPOCH, LAST_BATCH = EPOCHS - 1, EPOCHS * STEPS - 1
+ENDS = {
+    "schedulers.step.step_size": 7,  # a cut at the last epoch takes effect
+    "schedulers.multistep.milestones": [2, 7],
+    "schedulers.lambda.formula": "1 - epoch / 10",
+    "schedulers.cosine.eta_min": 1e-4,
+    "schedulers.cosine_warm_restarts.eta_min": 1e-4,
+    "schedulers.linear.start_factor": 0.5,
+}
+
+
+def sgdr(args: CosineWarmRestarts, lr: float, batch: int) -> float:
+    """SGDR's cosine at `batch`, within its cycle of T_0 x T_mult^i epochs."""
+    period = args.T_0 * STEPS
+    while batch >= period:
+        batch, period = batch - period, period * args.T_mult
+    floor = args.eta_min / lr
+    return floor + (1 - floor) * (1 + math.cos(math.pi * batch / period)) / 2
+
+
+def triangle(args: Cyclic, batch: int) -> float:
+    """CyclicLR's triangle at `batch`, between 1 / div_factor and 1."""
+    half = max(1, round(args.step_size_up * STEPS))
+    cycle = 1 + batch // (2 * half)
+    height = {"triangular": 1.0, "triangular2": 0.5 ** (cycle - 1), "exp_range": args.gamma**batch}
+    base = 1 / args.div_factor
+    return base + (1 - base) * max(0.0, 1 - abs(batch / half - 2 * cycle + 1)) * height[args.mode]
+
+
+DOCUMENTED: dict[str, Callable[..., tuple[float, float]]] = {
+    "step": lambda a, lr: (1, a.gamma ** (LAST_EPOCH // a.step_size)),
+    "multistep": lambda a, lr: (1, a.gamma ** sum(m <= LAST_EPOCH for m in a.milestones)),
+    "exponential": lambda a, lr: (1, a.gamma**LAST_EPOCH),
+    "cosine": lambda a, lr: (1, a.eta_min / lr),
+    "cosine_warm_restarts": lambda a, lr: (1, sgdr(a, lr, LAST_BATCH)),
+    "lambda": lambda a, lr: (1, 1 - LAST_EPOCH / 10),
+    # a validation loss that never improves: the first epoch sets the best, then a cut after
+    # every patience + 1 epochs
+    "plateau": lambda a, lr: (1, a.factor ** ((LAST_EPOCH - 1) // (a.patience + 1))),
+    "onecycle": lambda a, lr: (1 / a.div_factor, 1 / a.div_factor / a.final_div_factor),
+    "cyclic": lambda a, lr: (1 / a.div_factor, triangle(a, LAST_BATCH)),
+    "polynomial": lambda a, lr: (1, 0),
+    "linear": lambda a, lr: (a.start_factor, a.end_factor),
+}
+
+
+def test_every_scheduler_has_its_documented_start_and_end() -> None:
+    assert set(DOCUMENTED) == set(SCHEDULERS)
+
+
+@pytest.mark.parametrize(
+    ("name", "warmup"),
+    [(n, w) for n in SCHEDULERS for w in (0, 2) if not (w and SCHEDULERS[n].ramps_up)],
+)
+def test_a_schedule_starts_and_ends_at_its_documented_values(
+    params: Params, name: str, warmup: int
+) -> None:
+    """The first batch after the warm-up runs at the scheduler's start value, the run's last
+    batch at its end value: swa starts from it (linear's last epoch of 40 once ran at 0.035 x
+    lr for end_factor 0.01, cosine's never at eta_min)."""
+    lrs = lrs_of(params, EPOCHS + warmup, STEPS, scheduler=name, warmup_epochs=warmup, **ENDS)
+    cfg = train_config(params, epochs=EPOCHS + warmup, scheduler=name, **ENDS)
+    start, end = DOCUMENTED[name](cfg.scheduler_args, cfg.learning_rate)
+    assert (lrs[warmup * STEPS], lrs[-1]) == pytest.approx((start, end), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine", "polynomial"])
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_a_one_epoch_schedule_runs_at_its_start_and_a_two_epoch_one_ends_at_its_end(
+    params: Params, name: str, warmup: int
+) -> None:
+    cfg = train_config(params, scheduler=name, **ENDS)
+    start, end = DOCUMENTED[name](cfg.scheduler_args, cfg.learning_rate)
+    one = lrs_of(params, 1 + warmup, 3, scheduler=name, warmup_epochs=warmup, **ENDS)
+    assert one[3 * warmup :] == pytest.approx([start] * 3)  # never stepped: nothing divides by 0
+    two = lrs_of(params, 2 + warmup, 3, scheduler=name, warmup_epochs=warmup, **ENDS)
+    assert two[3 * warmup :] == pytest.approx([start] * 3 + [end] * 3, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def split_work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
+    """A working directory after a real split of 500 training and 100 validation images."""
+    work = Workdir.with_raw_data(tmp_path_factory.mktemp("split"), raw_dir, 600, 100)
+    run_in_process(work, "split")
+    return work.path
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f, dialect="excel-tab" if path.suffix == ".tsv" else "excel"))
+
+
+@pytest.mark.parametrize(("name", "warmup"), [("linear", 0), ("cosine", 1)])
+def test_a_trained_model_ends_at_the_schedules_end_value(
+    params: Params, split_work: Path, tmp_path: Path, name: str, warmup: int
+) -> None:
+    """The train stage's final_lr, which swa starts from, and both lr plots' last points."""
+    work = Workdir(shutil.copytree(split_work, tmp_path / "work"))
+    for key, value in {"model.hidden": [16], "train.epochs": 3 + warmup, "train.batch_size": 128,
+                       "train.scheduler": name, "train.warmup_epochs": warmup,
+                       **{f"train.{k}": v for k, v in ENDS.items()}}.items():  # fmt: skip
+        work.set(key, value)
+    run_in_process(work, "train")
+    cfg = train_config(params, scheduler=name, **ENDS)
+    end = DOCUMENTED[name](cfg.scheduler_args, cfg.learning_rate)[1] * cfg.learning_rate
+    _, info = load_model(work.path / TRAIN_MODEL)
+    per_epoch = rows(work.path / TRAIN_LIVE / "plots" / "metrics" / "lr.tsv")
+    per_batch = rows(work.path / TRAIN_LIVE / "lr_per_batch.csv")
+    assert (int(per_epoch[-1]["step"]), len(per_batch)) == (3 + warmup, 4 * (3 + warmup))
+    lasts = [info["final_lr"], float(per_epoch[-1]["lr"]), float(per_batch[-1]["lr"])]
+    assert lasts == pytest.approx([end] * 3, rel=1e-6)
