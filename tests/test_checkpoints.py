@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from stages.checkpoints import (
     METADATA_KEY,
+    RESUME_KEY,
     RunKey,
     TrainingState,
     decode,
@@ -236,7 +237,9 @@ def test_training_state_of_other_inputs_or_damaged_is_ignored_and_says_so(
     assert capsys.readouterr().err == "note: S is of other params, data or code: starting over\n"
     saved = path.read_bytes()
     absurd = (2**62).to_bytes(8, "little") + saved[8:]  # a header of 4 EiB claimed
-    for damaged in saved[:200], bytes(len(saved)), absurd, pickle.dumps({"epoch": 1}):
+    save_file({"x": torch.zeros(1)}, tmp_path / "bomb", metadata={RESUME_KEY: "[" * 200_000})
+    bomb = (tmp_path / "bomb").read_bytes()  # json.loads: RecursionError
+    for damaged in saved[:200], bytes(len(saved)), absurd, pickle.dumps({"epoch": 1}), bomb:
         assert load_training_state(damaged, KEY, *run, name="S") is None
         (note,) = capsys.readouterr().err.splitlines()
         assert note.startswith("note: S is damaged (") and note.endswith("): starting over")
@@ -291,8 +294,17 @@ CONFIG = (
             '{"config": {' + CONFIG.replace("[8]", "[9]") + "}}",
             "net.1.weight F32 [8, 784] instead of F32 [9, 784]",
         ),
-        ('{"config": {' + CONFIG.replace("0.0,", "NaN,", 1) + "}}", "dropout"),
+        ('{"config": {' + CONFIG.replace("0.0,", "NaN,", 1) + "}}", "NaN: JSON has no such"),
+        # provenance a stage saves again (export): json.dumps(allow_nan=False) would fail there
+        ('{"config": {' + CONFIG + '}, "final_lr": -Infinity}', "Infinity: JSON has no such"),
+        # nested past the recursion limit: json.loads raises RecursionError, not a decode error
+        ("[" * 20_000, "not valid JSON (maximum recursion depth exceeded"),
+        ('{"a": ' * 10_000, "not valid JSON (maximum recursion depth exceeded"),
+        # longer than any metadata save_model writes: refused before parsing
+        ("[" * 200_000, "has 200,000 characters of metadata, more than the 65,536"),
+        ('{"config": {' + CONFIG + '}, "notes": "' + "x" * 70_000 + '"}', "characters of meta"),
     ],
+    ids=lambda v: v[:40] if isinstance(v, str) else None,
 )
 def test_malformed_metadata_is_one_clear_error_naming_the_file(
     tmp_path: Path, metadata: str, phrase: str

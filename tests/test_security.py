@@ -5,11 +5,27 @@
 from __future__ import annotations
 
 import ast
+import contextlib
+import json
+import math
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
+from safetensors.torch import save_file
 
-from .conftest import ROOT
+from stages.checkpoints import ITEM_SIZES, METADATA_KEY, expected_tensors, save_model
+from stages.cli import StageError
+from stages.model import MLP, MLPConfig
+from stages.params import MAX_DEPTH, MAX_WIDTH
+from stages.paths import EXPORT_WEIGHTS
+from stages.registry import load_model
+
+from .conftest import ROOT, Workdir
+from .test_damaged_files import noise_png
 
 SOURCES = sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "bench").glob("*.py")])
 UNPICKLING_MODULES = {"pickle", "cPickle", "dill", "joblib", "shelve", "marshal"}
@@ -45,3 +61,148 @@ def test_the_check_catches_what_it_looks_for(tmp_path: Path) -> None:
         test_source_never_unpickles(bad)
     bad.write_text("import torch\nstate = torch.load('model.pt', weights_only=True)\n")
     test_source_never_unpickles(bad)
+
+
+# ---- a hostile model file in another repository: one error naming it, and little read ----
+
+
+def a_project(path: Path, model: bytes, tail: int = 0, tag: str | None = None) -> str:
+    """A git repository whose workspace (and commit `tag`, if given) holds `model` as the
+    exported model, followed by `tail` zero bytes (sparse: no disk spent); its path."""
+    weights = path / EXPORT_WEIGHTS
+    weights.parent.mkdir(parents=True)
+    with weights.open("wb") as f:
+        f.write(model)
+        f.truncate(len(model) + tail)
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    if tag:
+        for args in (["add", "-A"], ["commit", "-q", "-m", "model"], ["tag", tag]):
+            subprocess.run([*git, *args], check=True)
+    return str(path)
+
+
+def saved(config: MLPConfig, metadata: str | None = None) -> bytes:
+    """A model file of `config`, as save_model writes it, or with this metadata instead."""
+    model = MLP(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.safetensors"
+        if metadata is None:
+            save_model(model, path)
+        else:
+            save_file(model.state_dict(), path, metadata={METADATA_KEY: metadata})
+        return path.read_bytes()
+
+
+def header_only(config: MLPConfig, tensors: dict[str, tuple[str, tuple]]) -> bytes:
+    """A safetensors header declaring `config` and these tensors (laid end to end), no data."""
+    entries, offset = {}, 0
+    for key, (dtype, shape) in tensors.items():
+        size = ITEM_SIZES[dtype] * math.prod(shape)
+        entries[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    metadata = json.dumps({"config": config.to_dict()})
+    raw = json.dumps({"__metadata__": {METADATA_KEY: metadata}, **entries}).encode()
+    return len(raw).to_bytes(8, "little") + raw
+
+
+SMALL = MLPConfig(hidden=(8,))
+BIGGEST = MLPConfig(hidden=(MAX_WIDTH,) * MAX_DEPTH, batch_norm=True)  # 1.9 GB of tensors
+
+
+@pytest.fixture()
+def bytes_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the reads made on every file dvc.api.open gives (the real one's files)."""
+    import dvc.api
+
+    real_open, sizes = dvc.api.open, []
+
+    class Counted:
+        def __init__(self, f: IO[bytes]) -> None:
+            self.f = f
+
+        def read(self, size: int = -1) -> bytes:
+            data = self.f.read(size)
+            sizes.append(len(data))
+            return data
+
+    @contextlib.contextmanager
+    def counting_open(*args: Any, **kwargs: Any) -> Iterator[Counted]:
+        with real_open(*args, **kwargs) as f:
+            yield Counted(f)
+
+    monkeypatch.setattr(dvc.api, "open", counting_open)
+    return sizes
+
+
+@pytest.mark.parametrize("depth", [20_000, 200_000])  # within the size cap, and past it
+def test_a_metadata_bomb_from_another_repository_is_one_error_naming_it(
+    tmp_path: Path, depth: int
+) -> None:
+    """json.loads of 20,000 nested lists raises RecursionError, no decode error."""
+    repo = a_project(tmp_path, saved(SMALL, "[" * depth), tag="v1")
+    with pytest.raises(StageError) as e:
+        load_model(repo=repo, rev="v1")
+    assert str(e.value).startswith(f"{EXPORT_WEIGHTS} of {repo} at v1 "), str(e.value)
+    assert "never unpickled" in str(e.value)
+
+
+def test_predict_refuses_a_metadata_bomb_from_another_repository(tmp_path: Path) -> None:
+    repo = a_project(tmp_path / "other", saved(SMALL, "[" * 200_000))
+    here = Workdir(tmp_path / "here")
+    here.path.mkdir()
+    (here.path / "shirt.png").write_bytes(noise_png())
+    here.assert_refused(
+        "predict", f"error: {EXPORT_WEIGHTS} of {repo} at the workspace ", "never unpickled",
+        args=("shirt.png", "--repo", repo),
+    )  # fmt: skip
+
+
+TAIL = 64 << 20
+"""Zero bytes after each hostile file's header: reading them all is what must not happen."""
+
+
+@pytest.mark.parametrize(
+    ("model", "phrase"),
+    [
+        (bytes(1024), "not a valid safetensors file (its header is not valid JSON"),
+        ((2**40).to_bytes(8, "little"), "its header claims 1,099,511,627,776 bytes"),
+        (
+            header_only(SMALL, {"net.1.weight": ("F32", (2**20, 2**20))}),
+            "net.1.weight F32 [1048576, 1048576] instead of F32 [8, 784]",
+        ),
+        (saved(SMALL, "[" * 20_000), "has metadata that is not valid JSON"),
+        (saved(SMALL), f"it is longer than the {len(saved(SMALL)):,} bytes its header declares"),
+    ],
+    ids=["zero-filled", "header-length", "huge-tensors", "metadata-bomb", "trailing-bytes"],
+)
+def test_a_file_claiming_more_than_it_holds_is_refused_before_its_body_is_read(
+    tmp_path: Path, bytes_read: list[int], model: bytes, phrase: str
+) -> None:
+    repo = a_project(tmp_path, model, tail=TAIL)
+    with pytest.raises(StageError) as e:
+        load_model(repo=repo)
+    assert sum(bytes_read) <= len(model) + 1, f"{sum(bytes_read):,} bytes read"
+    assert str(e.value).startswith(f"{EXPORT_WEIGHTS} of {repo} at the workspace ")
+    assert phrase in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "declared", "delivered"),
+    [
+        (saved(SMALL)[:-100], 25_480, 25_380),  # (784 x 8 + 8 + 8 x 10 + 10) x 4 bytes
+        (header_only(BIGGEST, expected_tensors(BIGGEST)) + bytes(1 << 20), 1_906_376_808, 1 << 20),
+    ],
+    ids=["cut-short", "biggest-network-claimed"],
+)
+def test_a_truncated_model_from_another_repository_is_refused(
+    tmp_path: Path, model: bytes, declared: int, delivered: int
+) -> None:
+    repo = a_project(tmp_path, model, tag="v1")
+    with pytest.raises(StageError) as e:
+        load_model(repo=repo, rev="v1")
+    assert str(e.value).startswith(
+        f"{EXPORT_WEIGHTS} of {repo} at v1 is not a valid safetensors file (it is truncated: it "
+        f"ends {declared - delivered:,} bytes short of the {declared:,} bytes of tensors its "
+        "header declares)"
+    ), str(e.value)
