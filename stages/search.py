@@ -12,9 +12,13 @@ accuracy (stages/trials.py); the pruner interrupts a trial that trails the other
 epoch, and an interrupted trial leaves no experiment. Trials that finish are experiments like
 any other: `dvc exp show`, `dvc exp apply <study>-<number>`.
 
+The space is checked before the first trial (stages/space.py); values it could not try (inside
+its ranges) that params.yaml refuses end their trial as pruned before it runs, with the reason in
+its log: not a failure, as the study asked for them.
+
 The study lives in any SQLAlchemy URL (`--storage`): SQLite in search/ by default, PostgreSQL
-for workers on several machines (README, Search). `--plots DIR` draws the study's history and
-parameter importances as PNGs and runs nothing.
+for workers on several machines (README, Search); messages show its password masked. `--plots
+DIR` draws the study's history and parameter importances as PNGs and runs nothing.
 """
 
 from __future__ import annotations
@@ -38,15 +42,18 @@ from optuna.trial import Trial, TrialState
 
 from .cli import StageError, file_digest, run_stage
 from .files import atomic_path
+from .params import read_raw_params
 from .paths import CALIBRATION_METRICS, PARAMS_FILE
-from .space import SPACE_FILE, Space, decode, load_space
-from .trials import connect, trial_env
+from .space import SPACE_FILE, Space, decode, load_space, refusal
+from .trials import connect, masked, storage_errors, trial_env
 
 SEARCH_DIR = Path("search")
 DEFAULT_STORAGE = SEARCH_DIR / "study.db"
 LOG_DIR = SEARCH_DIR / "logs"  # each trial's `dvc exp run` output
 POLL_S = 1.0
 MAX_FAILURES_IN_A_ROW = 3
+ASKED = tuple(s for s in TrialState if s != TrialState.WAITING)
+"""A trial enqueued (study.enqueue_trial) counts once a worker asks for it: --trials runs it."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,13 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))  # a closed terminal: as kill
     args = parse_args(argv)
     storage = storage_url(args.storage)
-    if args.plots is not None:
-        write_plots(load_study(args.study, storage), args.plots)
-        return
-    space = load_space(args.space)
-    study = open_study(args.study, storage, space, args.worker)
-    search(study, space, args.trials, storage)
-    print("\n".join(f"search: {line}" for line in summary(study)))
+    with storage_errors(storage):
+        if args.plots is not None:
+            write_plots(load_study(args.study, storage), args.plots)
+            return
+        space = load_space(args.space)
+        study = open_study(args.study, storage, space, args.worker)
+        search(study, space, args.trials, storage)
+        print("\n".join(f"search: {line}" for line in summary(study)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -152,7 +160,7 @@ def open_study(name: str, storage: str, space: Space, worker: int) -> optuna.stu
     digest = space.digest()
     if study.user_attrs.setdefault("space", digest) != digest:
         raise StageError(
-            f"the study {name!r} in {storage} was searched with another search space: its "
+            f"the study {name!r} in {masked(storage)} was searched with another search space: its "
             f"trials would not compare. Start a new study (--study NEW), or restore the space"
         )
     study.set_user_attr("space", digest)
@@ -178,13 +186,15 @@ def load_study(name: str, storage: str) -> optuna.study.Study:
     try:
         return optuna.load_study(study_name=name, storage=connect(storage))
     except KeyError:
-        raise StageError(f"no study named {name!r} in {storage}: run a search first") from None
+        raise StageError(
+            f"no study named {name!r} in {masked(storage)}: run a search first"
+        ) from None
 
 
 def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -> None:
     failures = 0
     baseline = stable_baseline()
-    while len(study.get_trials(deepcopy=False)) < trials:
+    while len(study.get_trials(deepcopy=False, states=ASKED)) < trials:
         if stable_baseline() != baseline:
             raise StageError(
                 f"{PARAMS_FILE} or the checked-out commit changed while the search ran: the "
@@ -193,9 +203,12 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
             )
         trial = study.ask(space.distributions())
         name = f"{study.study_name}-{trial.number}"
-        trial.set_user_attr("experiment", name)
         values = decode(trial.params)
         print(f"search: trial {trial.number} ({name}): {shown(values)}", flush=True)
+        if refused(trial, name, values):
+            study.tell(trial, state=TrialState.PRUNED)
+            continue  # the study asked for these values: no failure, the count goes on as it was
+        trial.set_user_attr("experiment", name)
         try:
             state, value = run_trial(trial, name, values, storage)
         except BaseException:  # Ctrl-C, or the study's storage went away: not a running trial
@@ -207,6 +220,24 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
         failures = failures + 1 if state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             raise StageError(f"{failures} trials in a row failed: see their logs in {LOG_DIR}/")
+
+
+def refused(trial: Trial, name: str, values: dict[str, Any]) -> bool:
+    """Whether params.yaml refuses the trial's values together: a combination inside the
+    space's ranges, which its check before the first trial could not try. The reason goes to
+    the output and the trial's log."""
+    reason = refusal(read_raw_params(PARAMS_FILE), values)
+    if reason is None:
+        return False
+    message = (
+        f"search: trial {trial.number}: pruned before it ran: {PARAMS_FILE} refuses these "
+        f"values together ({reason}). The study asked for them: not a failure of the search"
+    )
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    (LOG_DIR / f"{name}.log").write_text(message + "\n")
+    trial.set_user_attr("refused", reason)
+    print(message, flush=True)
+    return True
 
 
 def stable_baseline(tries: int = 10) -> tuple[str | None, str]:

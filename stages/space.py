@@ -3,15 +3,23 @@ keys, checked against the params schema before any trial runs.
 
 Each key is a dotted params.yaml key (`train.lr`, `model.dropout`). A range is `{low, high}`
 (ints draw ints; `log: true` draws on a log scale; `step` spaces the values), a choice is
-`{choices: [...]}`. Every end of a range and every choice must be a value params.yaml accepts
-where the key stands, so a trial never fails for a value the study asked for.
+`{choices: [...]}`. Every choice, and up to 50 values across each range (both ends included),
+must be ones params.yaml accepts where the key stands, and so must the keys' values together:
+every combination of the ranges' ends and the choices (every pair of keys, the others at their
+first value, where the combinations are too many), so that `train.epochs` from 5 with
+`train.scheduler: step` is refused before the first trial. A combination inside the ranges that
+params.yaml still refuses is pruned before it runs (stages/search.py): a trial never fails for
+values the study asked for.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +38,8 @@ from .paths import PARAMS_FILE
 from .schema import Seed, Strict
 
 SPACE_FILE = Path("search/space.yaml")
+MAX_COMBINATIONS = 1024
+"""Beyond this many (about 0.1 ms each to validate), combinations are checked pair by pair."""
 
 Number = int | float
 
@@ -159,6 +169,7 @@ def load_space(path: Path = SPACE_FILE, params_file: Path = PARAMS_FILE) -> Spac
         problems = "\n".join(f"  - {_where(err['loc'])}: {_message(err)}" for err in e.errors())
         raise StageError(f"{path} is not a valid search space:\n{problems}") from None
     problems = [p for key, dim in space.params.items() for p in _check_key(key, dim, space, base)]
+    problems = problems or _check_combinations(space, base)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise StageError(f"{path} searches values {params_file} does not take:\n{listed}")
@@ -215,13 +226,60 @@ def _check_key(key: str, dim: Range | Choices, space: Space, base: dict) -> list
                 "trials with another split would not compare (set it in params.yaml)"]  # fmt: skip
     problems = []
     for value in dim.samples():
-        try:
-            parse_params(with_values(base, {key: value}))
-        except StageError as e:
-            reason = str(e).split("\n", 1)[-1].strip().removeprefix("- ")
+        if (reason := refusal(base, {key: value})) is not None:
             problems.append(f"{key} = {value!r} is refused: {reason}")
             break  # one value tells what is wrong
     return problems + _no_effect(key, space, base)
+
+
+def refusal(base: dict, values: dict[str, Any]) -> str | None:
+    """Why the params `base` with `values` set are refused (the schema's first problem), or
+    None if they are valid."""
+    try:
+        parse_params(with_values(base, values))
+    except StageError as e:
+        return str(e).split("\n", 1)[-1].strip().removeprefix("- ")
+    return None
+
+
+def _check_combinations(space: Space, base: dict) -> list[str]:
+    """Values each valid alone that params.yaml refuses together, each conflict once, named by
+    the fewest keys that make it."""
+    conflicts: list[dict[str, Any]] = []
+    for combination in _combinations({k: dim.ends() for k, dim in space.params.items()}):
+        if any(c.items() <= combination.items() for c in conflicts):
+            continue  # a known conflict again, beside other values
+        if refusal(base, combination) is not None:
+            conflicts.append(_fewest_keys(base, combination))
+    return [
+        f"{' with '.join(f'{k} = {v!r}' for k, v in c.items())} is refused together: "
+        f"{refusal(base, c)}; narrow a range or drop a choice so that no trial draws them"
+        for c in conflicts
+    ]
+
+
+def _combinations(values: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """Every combination of the keys' values, or, past MAX_COMBINATIONS, every combination of
+    each pair of keys with the others at their first value."""
+    if math.prod(len(v) for v in values.values()) <= MAX_COMBINATIONS:
+        for chosen in itertools.product(*values.values()):
+            yield dict(zip(values, chosen, strict=True))
+        return
+    first = {k: v[0] for k, v in values.items()}
+    for a, b in itertools.combinations(values, 2):
+        for chosen_a, chosen_b in itertools.product(values[a], values[b]):
+            yield {**first, a: chosen_a, b: chosen_b}
+
+
+def _fewest_keys(base: dict, combination: dict[str, Any]) -> dict[str, Any]:
+    """The refused combination without each key (back to params.yaml's value) that it is
+    refused without as well: what remains all take part in the conflict."""
+    kept = dict(combination)
+    for key in combination:
+        fewer = {k: v for k, v in kept.items() if k != key}
+        if refusal(base, fewer) is not None:
+            kept = fewer
+    return kept
 
 
 def _no_effect(key: str, space: Space, base: dict) -> list[str]:

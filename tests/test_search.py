@@ -1,14 +1,19 @@
-"""The search's study: its sampler's seed per worker and per start, and one space per study."""
+"""The search's study: its sampler's seed per worker and per start, one space per study, and a
+storage password that no message shows."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stages.cli import StageError
 from stages.search import open_study
 from stages.space import Space
+
+from .conftest import Workdir
+from .test_trials import PASSWORD, unreachable
 
 SPACE = {
     "sampler": "random",
@@ -48,3 +53,22 @@ def test_a_study_refuses_another_search_space(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="was searched with another search space"):
         asked(storage, worker=0, space=wider)
     asked(storage, worker=0, space={**SPACE, "seed": 5})  # the sampler's settings may change
+
+
+@pytest.mark.parametrize("plots", [False, True], ids=["search", "plots"])
+def test_the_search_names_a_storage_it_cannot_open_without_its_password(
+    tmp_path: Path, plots: bool
+) -> None:
+    work = Workdir.with_project_params(tmp_path)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    url = unreachable()
+    args = ("--storage", url, "--space", "space.yaml", "--trials", "1")
+    result = work.run("search", args=(*args, "--plots", "plots") if plots else args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in out, out
+    assert result.stderr.startswith("error: --storage 'postgresql://alice:***@127.0.0.1:"), out
+    assert "uv add 'psycopg[binary]'" in out or "Check that the database" in out, out
+    assert PASSWORD not in out
+    assert not [
+        f for f in tmp_path.rglob("*") if f.is_file() and PASSWORD.encode() in f.read_bytes()
+    ]

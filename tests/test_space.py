@@ -189,3 +189,53 @@ def test_an_optimizer_lr_beside_a_searched_train_lr_is_refused(
     assert "train.optimizers.adamw.lr has no effect" in refusal(tmp_path, params_file, space)
     space["train.lr"] = {"choices": ["auto", 0.003]}
     load_space(space_file(tmp_path, {**SPACE, "params": space}), params_file)
+
+
+EPOCHS_AND_SCHEDULER = {
+    "train.epochs": {"low": 5, "high": 40},
+    "train.scheduler": {"choices": ["cosine", "step", "multistep"]},
+}
+"""Each key passes alone (params.yaml: 40 epochs, onecycle); 5 epochs never reach step's
+step_size of 10 nor multistep's milestone 15."""
+
+MANY_RANGES = {
+    "train.lr": {"low": 1.0e-3, "high": 1.0e-2, "log": True},
+    "train.optimizers.adamw.weight_decay": {"low": 0.01, "high": 0.2},
+    "train.losses.cross_entropy.label_smoothing": {"low": 0.0, "high": 0.2},
+    "train.warmup_start_factor": {"low": 0.1, "high": 0.5},
+    "model.dropout": {"low": 0.1, "high": 0.5},
+    "model.input_dropout": {"low": 0.0, "high": 0.2},
+    "swa.lr": {"low": 3.0e-4, "high": 3.0e-3, "log": True},
+    "swa.ema_decay": {"low": 0.99, "high": 0.999},
+    "export.atol": {"low": 1.0e-5, "high": 1.0e-4},
+}
+"""2**9 x 2**1 x 3 = 3072 combinations with EPOCHS_AND_SCHEDULER: past MAX_COMBINATIONS, so the
+check goes pair by pair."""
+
+
+@pytest.mark.parametrize("others", [{}, MANY_RANGES], ids=["every-combination", "every-pair"])
+def test_values_refused_together_are_named_by_their_keys_before_any_trial(
+    tmp_path: Path, params_file: Path, others: dict
+) -> None:
+    message = refusal(tmp_path, params_file, {**others, **EPOCHS_AND_SCHEDULER})
+    lines = message.splitlines()[1:]
+    assert len(lines) == 2, message  # each conflict once, with no key that takes no part
+    assert lines[0].startswith(
+        "  - train.epochs = 5 with train.scheduler = 'step' is refused together: "
+    ), message
+    assert "step_size = 10" in lines[0] and "narrow a range or drop a choice" in lines[0]
+    assert "train.epochs = 5 with train.scheduler = 'multistep'" in lines[1], message
+    load_space(  # from 26 epochs, both take effect
+        space_file(
+            tmp_path,
+            {
+                **SPACE,
+                "params": {
+                    **others,
+                    **EPOCHS_AND_SCHEDULER,
+                    "train.epochs": {"low": 26, "high": 40},
+                },
+            },
+        ),
+        params_file,
+    )

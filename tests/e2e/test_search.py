@@ -1,5 +1,6 @@
-"""The Optuna search through real DVC experiments: two workers on one SQLite study, and a
-trial pruned by the study's pruner, in the small pipeline."""
+"""The Optuna search through real DVC experiments: two workers on one SQLite study, a trial
+pruned by the study's pruner, and values params.yaml refuses together, pruned before they run,
+in the small pipeline."""
 
 from __future__ import annotations
 
@@ -120,6 +121,40 @@ def test_a_trial_the_pruner_stops_leaves_no_experiment(reproduced: Project, tmp_
     assert "prune-1" not in experiments(reproduced)
     assert "1 pruned" in out
     reproduced.assert_clean()
+
+
+def test_values_refused_together_inside_the_space_are_pruned_and_the_search_goes_on(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    """swa.anneal_epochs may not exceed swa.epochs unless swa is off (0 epochs). The space's
+    check passes at its ends (0 and 4 epochs, 1 and 2 of annealing); inside, 1 epoch with 2 of
+    annealing is refused. The study asks for it three times (enqueued, as the sampler may draw
+    it): each trial is pruned before it runs, with the reason in its log, and the search goes
+    on to a trial that completes (params.yaml's own values: quick, from the run-cache), where
+    three failures in a row would have stopped it."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="inside", storage=storage, direction="maximize")
+    refused = {"swa.epochs": 1, "swa.anneal_epochs": 2}
+    for params in (refused, refused, refused, {"swa.epochs": 2, "swa.anneal_epochs": 1}):
+        study.enqueue_trial(params)
+    space = {**SPACE, "params": {"swa.epochs": {"low": 0, "high": 4},
+                                 "swa.anneal_epochs": {"low": 1, "high": 2}}}  # fmt: skip
+    out = finish(search(reproduced, tmp_path, "inside", space, "--trials", "4"))
+
+    trials = optuna.load_study(study_name="inside", storage=storage).trials
+    names = [t.user_attrs["experiment"] for t in trials if t.state == TrialState.COMPLETE]
+    try:
+        assert [t.state for t in trials] == [TrialState.PRUNED] * 3 + [TrialState.COMPLETE], out
+        for trial in trials[:3]:
+            assert "swa.anneal_epochs = 2 is longer than the run" in trial.user_attrs["refused"]
+            log = reproduced.read(f"search/logs/inside-{trial.number}.log")
+            assert log.startswith(f"search: trial {trial.number}: pruned before it ran: "), log
+            assert log.strip() in out and "swa.anneal_epochs = 2" in log
+        assert "(1 complete, 3 pruned)" in out, out
+        assert {n for n in experiments(reproduced) if n.startswith("inside-")} == {"inside-3"}
+        reproduced.assert_clean()
+    finally:
+        remove_experiments(reproduced, names)
 
 
 def test_a_bad_space_stops_before_any_trial(reproduced: Project, tmp_path: Path) -> None:
