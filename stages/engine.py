@@ -28,13 +28,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .checkpoints import (
+    RunKey,
+    Stateful,
+    TrainingState,
+    load_training_state,
+    read_training_state,
+)
 from .cli import StageError
 from .data import Images
 from .distributed import (
     all_reduce_sum,
     broadcast_buffers,
+    broadcast_bytes,
     is_main,
     rank,
+    require_same,
     shard,
     unwrap,
     world_size,
@@ -258,6 +267,29 @@ def check_finite(stage: str, epoch: int, lr: float, lr_key: str, *stats: Stats) 
         f"{epoch} (lr {lr:.3g}): the model diverged and nothing was written. Lower the learning "
         f"rate ({lr_key}) and rerun"
     )
+
+
+def require_same_run(key: RunKey, device: torch.device) -> None:
+    """Stop every process unless all run the same params, data and code (`key`): each reads its
+    own machine's, and ranks that differ would train apart with nothing to show it but the
+    model rank 0 writes from their mixed gradients."""
+    require_same(int(key.full[:15], 16), "params, data and code (their fingerprint)", device)
+
+
+def resume(
+    path: Path,
+    key: RunKey,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Stateful,
+    device: torch.device,
+) -> TrainingState | None:
+    """Restore rank 0's saved state at `path` in every process (the others' machines may have
+    none), after require_same_run, and return where it stopped; None to start over."""
+    state = broadcast_bytes(read_training_state(path) if is_main() else None, device)
+    resumed = load_training_state(state, key, model, optimizer, schedule, str(path))
+    require_same(resumed.epoch if resumed else 0, f"the epoch to resume {path} after", device)
+    return resumed
 
 
 def fit(

@@ -18,8 +18,6 @@ import torch
 from .checkpoints import (
     RunKey,
     TrainingState,
-    load_training_state,
-    read_training_state,
     remove_training_state,
     run_key,
     save_model,
@@ -30,13 +28,21 @@ from .data import load_split, read_pixel_statistics
 from .distributed import (
     broadcast_bytes,
     is_main,
-    require_same,
     run_data_parallel,
     world_size,
     wrap,
 )
 from .early_stopping import Watcher
-from .engine import EpochLog, current_lr, epoch_log, fit, seed_everything, steps_per_epoch
+from .engine import (
+    EpochLog,
+    current_lr,
+    epoch_log,
+    fit,
+    require_same_run,
+    resume,
+    seed_everything,
+    steps_per_epoch,
+)
 from .losses import build_loss
 from .model import MLP, MLPConfig
 from .numerics import in_effect
@@ -51,7 +57,8 @@ from .paths import (
     TRAIN_RESUME,
     VAL_DATA,
 )
-from .registry import fixed_commit, warm_start
+from .registry import warm_start
+from .revisions import recorded_init
 from .schedulers import Schedule, build_schedule
 from .trials import epoch_reporter
 
@@ -73,13 +80,9 @@ def train(params: Params, device: torch.device) -> None:
     watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
     report = epoch_reporter() if is_main() else None  # to the search running this trial
 
-    # Rank 0's state, whichever machine the other ranks are on: every rank resumes after the
-    # same epoch, or all stop (a rank whose params, data or code differ finds no match)
     key = train_key(params, init_commit)
-    state = broadcast_bytes(read_training_state(TRAIN_RESUME) if is_main() else None, device)
-    resumed = load_training_state(state, key, model, optimizer, schedule, str(TRAIN_RESUME))
-    require_same(int(key.full[:15], 16), "params, data and code (their fingerprint)", device)
-    require_same(resumed.epoch if resumed else 0, "the epoch training resumes after", device)
+    require_same_run(key, device)
+    resumed = resume(TRAIN_RESUME, key, model, optimizer, schedule, device)
     kept = resumed.kept if resumed else None
     done = resumed.epoch if resumed else 0
     # the tagged model is a candidate for the best epoch; a random initialization is not
@@ -158,10 +161,12 @@ def train(params: Params, device: torch.device) -> None:
 
 
 def resolve_init(cfg: Train, device: torch.device) -> str | None:
-    """The commit train.init names, resolved by rank 0 (the others may have no repository)."""
+    """The commit train.init names, as validate recorded it in models/init.json, this stage's
+    dep (a moved tag changes that file, and so reruns train); read by rank 0 (the others may
+    have no workspace)."""
     if cfg.init is None:
         return None
-    commit = fixed_commit(cfg.init, "train.init").encode() if is_main() else None
+    commit = recorded_init(cfg.init).encode() if is_main() else None
     return broadcast_bytes(commit, device).decode()
 
 

@@ -23,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from stages.checkpoints import save_model
 from stages.data import Images
 from stages.distributed import is_main, process_group, wrap
 from stages.engine import Stats, train_epoch
@@ -30,7 +31,7 @@ from stages.files import PARTIAL_SUFFIX
 from stages.losses import build_loss
 from stages.model import MLP, MLPConfig
 from stages.params import Augment, Params, load_params
-from stages.paths import SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
+from stages.paths import MODELS, SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
 
 from .conftest import COMMITTED_PARAMS, ROOT, Workdir
 
@@ -174,12 +175,12 @@ def test_a_failure_in_the_processes_is_one_clean_error(split: Workdir, tmp_path:
 # ---- resume across machines: two torchrun "nodes" on loopback, each in its own directory ----
 
 
-def start(work: Workdir, *launcher: str) -> subprocess.Popen[str]:
+def start(work: Workdir, *launcher: str, stage: str = "train") -> subprocess.Popen[str]:
     # one thread per process, as the stage's own launcher gives each of 2 processes on 2 cores:
     # the thread count changes the summation order, and so the bytes
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, *launcher, "-m", "stages.train"], cwd=work.path, env=env, text=True,
+        [sys.executable, *launcher, "-m", f"stages.{stage}"], cwd=work.path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
@@ -201,11 +202,11 @@ def kill_after_first_saved_epoch(work: Workdir) -> None:
 
 
 def run_as_two_nodes(
-    nodes: list[Workdir], rendezvous: str = "static"
+    nodes: list[Workdir], rendezvous: str = "static", stage: str = "train"
 ) -> tuple[list[subprocess.Popen], list[str]]:
-    """torchrun on each "machine" (directory), joined over loopback; their exit and output.
-    static: node 0 is rank 0 and hosts the store; c10d: the agents agree on ranks themselves,
-    as the README's multi-node commands do."""
+    """`stage` under torchrun on each "machine" (directory), joined over loopback; their exit
+    and output. static: node 0 is rank 0 and hosts the store; c10d: the agents agree on ranks
+    themselves, as the README's multi-node commands do."""
     port = free_port()
     joined = {
         "static": lambda i: [
@@ -219,10 +220,8 @@ def run_as_two_nodes(
             "--rdzv-id=fashion",
         ],
     }[rendezvous]
-    procs = [
-        start(node, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", *joined(i))
-        for i, node in enumerate(nodes)
-    ]
+    launcher = ["-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    procs = [start(node, *launcher, *joined(i), stage=stage) for i, node in enumerate(nodes)]
     try:
         return procs, [proc.communicate(timeout=180)[0] for proc in procs]
     finally:
@@ -273,18 +272,32 @@ def test_ranks_on_other_machines_resume_from_rank_0s_state(
     assert not (nodes[1].path / TRAIN_MODEL).exists()  # rank 1 writes nothing
 
 
-def test_machines_with_different_params_refuse_to_train_together(
-    split: Workdir, tmp_path: Path
+@pytest.mark.parametrize(
+    ("stage", "dotted", "value"),
+    [("train", "train.optimizers.adamw.lr", 0.001), ("swa", "swa.lr", 0.002)],
+)
+def test_machines_with_different_params_refuse_to_run_together(
+    split: Workdir, tmp_path: Path, stage: str, dotted: str, value: float
 ) -> None:
+    """Each rank reads its own machine's params.yaml: ranks that differ would train apart and
+    rank 0 would write a model of mixed gradients, so the stage refuses before any epoch."""
     nodes = [copy_of(split, tmp_path / f"node{i}") for i in range(2)]
     for node in nodes:
         node.set("train.nproc", 2)
         node.set("numerics.threads", 2)  # one thread per process
-    nodes[1].set("train.optimizers.adamw.lr", 0.001)
-    procs, outputs = run_as_two_nodes(nodes)
-    assert all(proc.returncode != 0 for proc in procs)
-    assert "error: the processes disagree on params, data and code" in outputs[0], outputs[0]
-    assert not (nodes[0].path / TRAIN_MODEL).exists()
+        if stage == "swa":  # its input, the same file on both machines
+            torch.manual_seed(0)
+            save_model(MLP(MLPConfig(hidden=(16,))), node.path / TRAIN_MODEL, {"final_lr": 1e-3})
+    nodes[1].set(dotted, value)
+    procs, outputs = run_as_two_nodes(nodes, stage=stage)
+    assert all(proc.returncode != 0 for proc in procs), outputs
+    for out in outputs:  # the stage prints the refusal and no other line (torchrun adds its own)
+        stage_lines = [
+            line for line in out.splitlines() if line.startswith(("error", "[rank", stage))
+        ]
+        assert len(stage_lines) == 1, out
+        assert "error: the processes disagree on params, data and code" in stage_lines[0], out
+    assert not (nodes[0].path / MODELS[stage]).exists()
 
 
 if __name__ == "__main__":

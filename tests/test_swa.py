@@ -1,14 +1,27 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
 import torch
+from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from stages import swa as swa_stage
+from stages.checkpoints import RunKey
 from stages.data import Images
-from stages.engine import Stats, evaluate
+from stages.engine import EpochLog, Stats, evaluate
 from stages.model import MLP, MLPConfig
-from stages.params import Params
-from stages.swa import average_weights
+from stages.params import Params, Swa
+from stages.paths import SWA_RESUME
+from stages.swa import average_weights, recompute_batch_norm
+
+# the defaults' kind of network, small: dropout after each hidden layer, then BatchNorm after the
+# next linear layer, so the second BatchNorm normalizes what a dropout let through
+WITH_BATCH_NORM = MLPConfig(
+    hidden=(64, 32), dropout=0.3, batch_norm=True, pixel_mean=0.29, pixel_std=0.35
+)
 
 
 class SnapshotLog:
@@ -73,11 +86,11 @@ def test_ema_is_the_moving_average_of_every_steps_weights(
     torch.testing.assert_close(averaged.module.net[1].weight, expected)
 
 
-def test_update_bn_recomputes_batch_norm_statistics_and_skipping_it_scores_worse(
+def test_recomputing_batch_norm_statistics_scores_better_than_keeping_them(
     params: Params, small_data: tuple[Images, Images], monkeypatch
 ) -> None:
-    """SWA averages the weights, not BatchNorm's running statistics: without update_bn the
-    averaged network keeps statistics that belong to other weights."""
+    """SWA averages the weights, not BatchNorm's running statistics: without recomputing them
+    the averaged network keeps statistics that belong to other weights."""
     cfg = params.swa.model_copy(update={"epochs": 4, "lr": 0.05, "anneal_epochs": 0})
     train_cfg = params.train.model_copy(update={"batch_size": 100})
 
@@ -88,10 +101,80 @@ def test_update_bn_recomputes_batch_norm_statistics_and_skipping_it_scores_worse
         return swa.module.eval()
 
     recomputed = averaged()
-    monkeypatch.setattr(swa_stage, "update_bn", lambda *args, **kwargs: None)
+    monkeypatch.setattr(swa_stage, "recompute_batch_norm", lambda *args, **kwargs: None)
     stale = averaged()
     for key in ("net.2.running_mean", "net.2.running_var"):
         assert not torch.allclose(recomputed.state_dict()[key], stale.state_dict()[key])
     torch.testing.assert_close(recomputed.net[1].weight, stale.net[1].weight)  # same weights
     val = small_data[1]
     assert evaluate(recomputed, val).loss < evaluate(stale, val).loss
+
+
+def average_with_batch_norm(
+    params: Params, data: tuple[Images, Images], key: RunKey | None = None, **swa: object
+) -> tuple[MLP, EpochLog]:
+    """A small network with dropout and BatchNorm, averaged for 2 epochs; the average and the
+    log of its validation scores."""
+    cfg = Swa.model_validate(params.swa.model_dump() | {"epochs": 2, "anneal_epochs": 1} | swa)
+    train_cfg = params.train.model_copy(update={"batch_size": 100})
+    model = MLP(WITH_BATCH_NORM)
+    log = EpochLog(None, "swa", cfg.epochs)
+    averaged = average_weights(model, *data, cfg, train_cfg, 0.01, log, key)
+    return averaged.module, log
+
+
+@pytest.mark.parametrize("strategy", ["swa", "ema"])
+def test_the_last_validation_score_logged_is_the_written_models(
+    params: Params, small_data: tuple[Images, Images], strategy: str
+) -> None:
+    torch.manual_seed(0)
+    written, log = average_with_batch_norm(params, small_data, strategy=strategy)
+    scores = evaluate(written, small_data[1]).metrics("val")
+    assert {k: log.history[-1][k] for k in scores} == scores
+
+
+def test_a_run_resumed_after_its_last_epoch_writes_the_uninterrupted_average(
+    params: Params, small_data: tuple[Images, Images], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A run killed once its last epoch's state is saved (say while it writes) trains no epoch
+    when rerun: what it computes then must not depend on what the random generators hold,
+    which differs from the uninterrupted run's."""
+    monkeypatch.chdir(tmp_path)  # the state goes to models/resume/ here
+    key = RunKey(params="digest of the params", full="0123456789abcdef" * 4)
+    torch.manual_seed(0)
+    straight, _ = average_with_batch_norm(params, small_data, key)
+    assert (tmp_path / SWA_RESUME).is_file()  # the stage removes it only once it has written
+    torch.manual_seed(1)  # another initialization, other draws next
+    resumed, _ = average_with_batch_norm(params, small_data, key)
+    assert "swa: resuming after epoch 2" in capsys.readouterr().out
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+def batch_norms(model: nn.Module) -> list[nn.BatchNorm1d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+
+
+def test_batch_norm_statistics_are_those_of_the_network_without_dropout(
+    small_data: tuple[Images, Images],
+) -> None:
+    """The written model normalizes with them in eval mode, where dropout is the identity: they
+    are the statistics of the inputs its BatchNorm layers see then, drawn from no RNG."""
+    torch.manual_seed(0)
+    model = MLP(WITH_BATCH_NORM)
+    without = MLP(replace(WITH_BATCH_NORM, dropout=0.0))
+    for norm in batch_norms(model):  # statistics to replace, unlike those of a fresh network
+        norm.running_mean.fill_(3.0)
+    weights = zip(without.state_dict(), model.state_dict().values(), strict=True)  # renumbered
+    without.load_state_dict(dict(weights))
+    images = small_data[0].images
+    recompute_batch_norm(model, images, 100)
+    recompute_batch_norm(without, images, 100)
+    for ours, reference in zip(batch_norms(model), batch_norms(without), strict=True):
+        assert torch.equal(ours.running_mean, reference.running_mean)
+        assert torch.equal(ours.running_var, reference.running_var)
+        assert ours.momentum == 0.1 and not ours.training
+    # ...and those of the batches: the plain mean of their means
+    first = model.net[1](model.net[0]((images - 0.29) / 0.35))
+    batch_means = torch.stack([first[i : i + 100].mean(0) for i in range(0, len(images), 100)])
+    torch.testing.assert_close(batch_norms(model)[0].running_mean, batch_means.mean(0))

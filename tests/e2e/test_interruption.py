@@ -1,10 +1,11 @@
 """A train or swa stage killed with SIGKILL at a random point (train under a per-batch schedule,
 and under ReduceLROnPlateau with early stopping that keeps the best epoch; swa with equal
-averages, and with EMA and BatchNorm): nothing half-written appears under an output's name,
-`dvc status` reports the stage as changed, and the rerun resumes from the last epoch's state
-and ends with the same bytes as a run that was never interrupted (so the schedule, the average
-and the stopping decision, too, continue where they stopped). tests/test_checkpoints.py
-resumes every optimizer and scheduler, and a warm-up, in-process."""
+averages, and with EMA and BatchNorm), and killed after its last epoch, as it puts its outputs
+in place: nothing half-written appears under an output's name, `dvc status` reports the stage
+as changed, and the rerun resumes from the last epoch's state and ends with the same bytes as a
+run that was never interrupted (so the schedule, the average, BatchNorm's statistics and the
+stopping decision, too, continue where they stopped). tests/test_checkpoints.py resumes every
+optimizer and scheduler, and a warm-up, in-process."""
 
 from __future__ import annotations
 
@@ -42,17 +43,24 @@ OUTPUTS = {
     "swa": (SWA_MODEL, SWA_LIVE, SWA_RESUME),
 }
 FORCED = ("--force", "--no-run-cache", "--single-item")
+KILL_HOOK = Path(__file__).with_name("kill_hook")
+"""On PYTHONPATH, it SIGKILLs DVC and the stage as the stage renames onto a given path."""
+
+
+def start_repro(project: Project, stage: str, **env: str) -> subprocess.Popen[bytes]:
+    """`dvc repro <stage>`, as the leader of a process group that holds the stage too."""
+    return subprocess.Popen(
+        ["dvc", "repro", stage],
+        cwd=project.path, env={**project.env, **env}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def kill_mid_training(project: Project, stage: str, rng: random.Random) -> None:
     """Start `dvc repro <stage>` and SIGKILL DVC and the stage together (as the OOM killer or
     a lost machine would) at a random moment after some epoch's state was saved."""
     resume = OUTPUTS[stage][2]
-    proc = subprocess.Popen(
-        ["dvc", "repro", stage],
-        cwd=project.path, env=project.env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_repro(project, stage)
     deadline = time.monotonic() + 120
     while not (project.path / resume).exists():
         assert proc.poll() is None, f"{stage} finished or failed before any state was saved"
@@ -93,16 +101,40 @@ def test_killed_training_resumes_to_the_uninterrupted_result(project: Project, c
     project.run("dvc", "repro", *(["train"] if stage == "swa" else ["split"]))  # its inputs
     # A first run killed, then `dvc repro` as a user would type it.
     kill_mid_training(project, stage, random.Random(case))
+    assert_resumed_to_the_uninterrupted_bytes(project, stage, "")
+
+
+def assert_resumed_to_the_uninterrupted_bytes(project: Project, stage: str, epoch: str) -> None:
+    """After a killed run: nothing half-written; `dvc repro` resumes after `epoch` ("": any),
+    and a run never interrupted writes the same bytes."""
     assert_nothing_half_written(project, stage)
     rerun = project.run("dvc", "repro", stage)
-    assert f"{stage}: resuming after epoch" in rerun.stdout, rerun.stdout
+    assert f"{stage}: resuming after epoch {epoch}" in rerun.stdout, rerun.stdout
     resumed = lock_hashes(project.read("dvc.lock"))
     assert not (project.path / OUTPUTS[stage][2]).exists()  # removed once the model is written
 
-    # A run never interrupted gives those bytes too.
     straight = project.run("dvc", "repro", *FORCED, stage)
     assert "resuming" not in straight.stdout
     assert lock_hashes(project.read("dvc.lock")) == resumed
+
+
+@pytest.mark.parametrize("stage", ["train", "swa"])
+def test_killed_after_its_last_epoch_the_rerun_writes_the_uninterrupted_bytes(
+    project: Project, stage: str
+) -> None:
+    """Killed once its last epoch's state is saved, as it puts its first output in place (after
+    all it computes, swa's BatchNorm statistics included), a stage reruns no epoch: what it
+    still computes must not depend on the random generators' state, which is not the
+    uninterrupted run's. The default model (dropout, BatchNorm) and swa strategy."""
+    project.run("git", "checkout", "-q", "params.yaml")
+    epochs = 3  # recorded in dvc.lock by no other test here: the rerun runs, not restores
+    project.set_params({stage: {"epochs": epochs}})
+    project.run("dvc", "repro", "train" if stage == "swa" else "split")  # its inputs
+    live = project.path / OUTPUTS[stage][1]
+    path = os.pathsep.join(filter(None, [str(KILL_HOOK), project.env.get("PYTHONPATH")]))
+    killed = start_repro(project, stage, PYTHONPATH=path, KILL_BEFORE_REPLACING=str(live))
+    assert killed.wait(timeout=300) == -signal.SIGKILL, "the stage was not killed"
+    assert_resumed_to_the_uninterrupted_bytes(project, stage, f"{epochs} ")
 
 
 def test_what_a_reverted_run_left_is_removed_before_anything_runs(project: Project) -> None:
