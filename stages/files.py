@@ -28,29 +28,115 @@ PARTIAL_SUFFIX = ".partial"
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a fresh temporary path beside `path` to write; on success it is renamed onto `path`."""
+    """Yield a fresh temporary path beside `path` to write; on success it is renamed onto `path`.
+    The bytes reach the disk before the new name does, so even a power loss leaves the old file
+    or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
     try:
         yield tmp
         os.chmod(tmp, _FILE_MODE)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)  # the rename itself
     finally:
         tmp.unlink(missing_ok=True)
 
 
+READY, OLD = ".ready", ".old"
+"""atomic_dir's staging folder is renamed `<name>.ready.partial` once it is complete, and the
+output it replaces `<name>.old.partial` while the two are swapped: validate (recover_dir) tells
+from the names alone which folder an interrupted write left is whole."""
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield an empty staging directory beside `path`; on success it replaces `path`."""
-    staging = path.with_name(path.name + PARTIAL_SUFFIX)
-    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+    """Yield an empty staging directory beside `path`; on success it replaces `path`. Killed at
+    any point, it leaves a complete copy, the old or the new one, that recover_dir puts at
+    `path`, and no unfinished one it could mistake for complete."""
+    staging, ready, _ = _swap_names(path)
+    recover_dir(path)  # whatever an interrupted write of the same folder left
     staging.mkdir(parents=True)
     try:
         yield staging
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(staging, path)
+        _fsync_tree(staging)
+        os.rename(staging, ready)  # the commit: from here on, the new copy is the one kept
+        _fsync(path.parent)
+        _swap_in(path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def recover_dir(path: Path) -> list[str]:
+    """Finish or undo what an atomic_dir(path) that was killed left: a complete new copy goes to
+    `path`, else the old one comes back where `path` is missing; an unfinished staging folder is
+    removed. What it did, one line each."""
+    staging, ready, old = _swap_names(path)
+    done = []
+    if staging.exists():
+        shutil.rmtree(staging)
+        done.append(f"removed {staging}, an unfinished write")
+    if old.exists() and path.exists():
+        _discard_old(path)
+        done.append(f"removed {old}, the copy {path} replaced")
+    if ready.exists():
+        _swap_in(path)
+        done.append(f"finished an interrupted write: {ready} is now {path}")
+    elif old.exists():
+        os.rename(old, path)
+        _fsync(path.parent)
+        done.append(f"restored {path} from {old}, which an interrupted write had moved away")
+    return done
+
+
+def swapped_path(leftover: Path) -> Path:
+    """The output an atomic_dir staging folder (of any of its three names) belongs to."""
+    name = leftover.name.removesuffix(PARTIAL_SUFFIX)
+    for role in (READY, OLD):
+        name = name.removesuffix(role)
+    return leftover.with_name(name)
+
+
+def _swap_names(path: Path) -> tuple[Path, Path, Path]:
+    """Staging (being written), ready (complete) and old (the replaced output)."""
+    staging, ready, old = (path.with_name(path.name + r + PARTIAL_SUFFIX) for r in ("", READY, OLD))
+    return staging, ready, old
+
+
+def _swap_in(path: Path) -> None:
+    """Put the ready copy at `path` by renames: a complete copy stands at one of the three names
+    at every point."""
+    _, ready, old = _swap_names(path)
+    if path.exists():
+        os.rename(path, old)
+    os.rename(ready, path)
+    _fsync(path.parent)
+    _discard_old(path)
+
+
+def _discard_old(path: Path) -> None:
+    """Remove the old copy, first renamed to the staging name, which is never restored: a kill
+    while it is being deleted leaves a part of it only under that name."""
+    staging, _, old = _swap_names(path)
+    if old.exists():
+        os.rename(old, staging)
+        shutil.rmtree(staging)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's bytes, or a folder's entries (a rename into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for parent, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            _fsync(Path(parent, name))
+        _fsync(Path(parent))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -14,6 +14,7 @@ VAL_DATA = SPLIT_DIR / "val.safetensors"
 TEST_DATA = SPLIT_DIR / "test.safetensors"
 SPLIT_MANIFEST = SPLIT_DIR / "manifest.json"
 
+TRAIN_INIT = Path("models/init.json")  # validate's record of the commit train.init names
 TRAIN_MODEL = Path("models/train.safetensors")
 TRAIN_RESUME = Path("models/resume/train.safetensors")  # not an out: DVC deletes outs first
 SWA_RESUME = Path("models/resume/swa.safetensors")

@@ -1,7 +1,8 @@
 """Load the exported model of any version: a git tag, a commit, a branch or a DVC experiment.
 
 The weights are read through `dvc.api` (from the workspace, the local DVC cache or the remote)
-and parsed as safetensors: nothing is unpickled, whatever the revision holds.
+and parsed as safetensors: nothing is unpickled, whatever the revision holds, and no more is
+read than the header, once checked, declares (checkpoints.read_model_stream).
 
     from stages.registry import load_model   # in this repository
     model = load_model(rev="v1.0.0")          # this repository
@@ -13,14 +14,14 @@ load_model`, with `repo` naming this project (without it, the current directory'
 
 from __future__ import annotations
 
-import re
-import subprocess
+import math
 import tempfile
 from pathlib import Path
 
 import torch
 
 from .checkpoints import load_model as load_model_file
+from .checkpoints import read_model_stream
 from .cli import StageError
 from .model import MLP, fold_temperature
 from .paths import EXPORT_WEIGHTS
@@ -37,7 +38,7 @@ def read_model_bytes(
     where = _where(rev, repo)
     try:
         with dvc.api.open(str(path), repo=repo, rev=rev, mode="rb") as f:
-            return f.read()
+            return read_model_stream(f, f"{path} of {where}")
     except FileNotFoundError:
         raise StageError(
             f"{path} not found in {where}: was the export stage run and committed there?"
@@ -84,42 +85,16 @@ def model_from_bytes(data: bytes, name: str) -> tuple[MLP, dict]:
         return load_model_file(path, name=name)
 
 
-def _git(*args: str) -> str | None:
-    result = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
-def fixed_commit(rev: str, key: str) -> str:
-    """The commit a tag or a commit hash names. A branch, HEAD or any other moving name is
-    refused: the pipeline could not tell when what it names changed, and so when to rerun."""
-    commit = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if commit is None:
-        raise StageError(
-            f"{key} = '{rev}' is not a tag or commit of this repository (git tag lists the "
-            "tags). Queued and --temp experiments run in a copy that has no tags: name the "
-            "commit instead"
-        )
-    is_tag = _git("show-ref", "--verify", "--quiet", f"refs/tags/{rev}") is not None
-    is_hash = re.fullmatch(r"[0-9a-f]{7,40}", rev) is not None and commit.startswith(rev)
-    if not (is_tag or is_hash):
-        raise StageError(
-            f"{key} = '{rev}' is a moving name (a branch, HEAD, ...): the pipeline could not "
-            f"tell when it changes and so when to rerun. Name a tag, or its commit: {commit}"
-        )
-    return commit
-
-
 def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> None:
     """Load the exported weights of `commit` (what `rev` names) into `model`, layer by layer,
     without the export's calibration temperature: dropout may differ (it has no weights), the
     layers may not. A model of another
     architecture is refused with both shapes."""
-    source, info = model_from_bytes(
-        read_model_bytes(commit), f"{EXPORT_WEIGHTS} of {_where(rev, None)}"
-    )
+    name = f"{EXPORT_WEIGHTS} of {_where(rev, None)}"
+    source, info = model_from_bytes(read_model_bytes(commit), name)
     # export folds a calibration temperature into the last layer; training starts from the
     # uncalibrated network (the temperature was fitted on the validation split it ranks on)
-    fold_temperature(source, 1 / info.get("temperature", 1.0))
+    fold_temperature(source, 1 / _temperature(info, name))
     ours, theirs = _weighted_layers(model), _weighted_layers(source)
     if [_shapes(m) for m in ours] != [_shapes(m) for m in theirs]:
         fix = (
@@ -135,6 +110,17 @@ def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> No
         for target, layer in zip(ours, theirs, strict=True):
             target.load_state_dict(layer.state_dict())
         _renormalize_first_layer(model, source.config.pixel_mean, source.config.pixel_std)
+
+
+def _temperature(info: dict, name: str) -> float:
+    """The calibration temperature export recorded (1 without one): a positive number."""
+    temperature = info.get("temperature", 1.0)
+    if type(temperature) not in (int, float) or not 0 < temperature < math.inf:
+        raise StageError(
+            f"{name} has temperature = {str(temperature)[:40]} in its metadata, not a positive "
+            "number: it was not written by the export stage. Start from another version"
+        )
+    return temperature
 
 
 def _weighted_layers(model: MLP) -> list[torch.nn.Module]:

@@ -5,27 +5,30 @@ DVC deletes a stage's outputs just before it runs the stage's command, so a valu
 refuses what the schema or this machine would refuse later, with the same message, before DVC
 has touched an output.
 
-It also removes what an interrupted run left that nothing can use any more: a resume state
-saved under other params (a run stopped, then its params reverted) and staging files.
+It also cleans up after interrupted runs: a resume state saved under other params (a run
+stopped, then its params reverted) and staging files go; a folder's interrupted write is
+finished or undone, so the folder stays whole.
 
-Its output is the JSON Schema of params.yaml (editors check and complete params.yaml with it):
-the same bytes for every valid params.yaml, so a changed value reruns this stage, in about two
-seconds, and nothing else because of it; each stage's own params decide what else reruns.
+Its outputs: the JSON Schema of params.yaml (editors check and complete params.yaml with it),
+the same bytes for every valid params.yaml; and models/init.json, the commit train.init names,
+rewritten only when that commit changes (a moved tag). A moved tag is nothing DVC sees, so the
+stage runs on every `dvc repro` (always_changed), in under a second, and reruns nothing else
+unless models/init.json changed (then train); each stage's own params decide what else reruns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from pathlib import Path
 
 import yaml
 
 from .cli import StageError, run_stage
-from .files import PARTIAL_SUFFIX, atomic_path, tensor_layout
+from .files import PARTIAL_SUFFIX, atomic_path, recover_dir, swapped_path, tensor_layout
 from .params import InvalidParams, Params, Train, load_params
-from .paths import PARAMS_SCHEMA, RESUME_PARAMS_KEY, RESUME_SECTIONS
+from .paths import PARAMS_SCHEMA, RESUME_PARAMS_KEY, RESUME_SECTIONS, TRAIN_INIT
+from .revisions import record_init
 
 OUTPUT_DIRS = (Path("data"), Path("models"), Path("metrics"))
 
@@ -35,6 +38,7 @@ def main() -> None:
     write_schema()
     params = load_checked_params()
     check_machine(params.train)
+    record_warm_start(params.train)
     print("validate: params.yaml is valid")
     remove_staging_leftovers()
     remove_stale_resume_states(params)
@@ -74,18 +78,20 @@ def stages_reading(key: str, pipeline: Path = Path("dvc.yaml")) -> list[str]:
     ]
 
 
+def record_warm_start(cfg: Train) -> None:
+    """models/init.json, on which train depends: a tag moved since the last run reruns train."""
+    if record_init(cfg.init) and cfg.init is not None:
+        print(f"validate: recorded in {TRAIN_INIT} the commit train.init = '{cfg.init}' names now")
+
+
 def check_machine(cfg: Train) -> None:
-    """What train would refuse on this machine: a device it lacks, more processes than GPUs, a
-    warm-start revision this repository lacks. Importing torch costs seconds of every params
-    change, so only a setting that needs it does."""
+    """What train would refuse on this machine: a device it lacks, more processes than GPUs.
+    Importing torch costs seconds of every run of this stage, so only a setting that needs it
+    does."""
     if cfg.device == "cuda" or (cfg.device == "auto" and cfg.nproc > 1):
         from .distributed import machine_device
 
         machine_device(cfg.device, cfg.nproc)
-    if cfg.init is not None:
-        from .registry import fixed_commit
-
-        fixed_commit(cfg.init, "train.init")
 
 
 def remove_stale_resume_states(params: Params) -> None:
@@ -113,20 +119,23 @@ def remove_stale_resume_states(params: Params) -> None:
 
 
 def remove_staging_leftovers() -> None:
-    """Staging files and folders of writes that a killed stage never finished (SIGKILL, power
-    loss). Under DVC no stage runs beside this one (DVC holds the workspace's lock); a stage
-    started by hand meanwhile would lose its staged write and fail, losing nothing else."""
+    """What writes that a killed stage never finished left (SIGKILL, power loss): a staging file
+    is removed; a staging folder is finished or undone (recover_dir), so the output keeps a
+    complete copy, old or new, and never an unfinished one. Under DVC no stage runs beside this
+    one (DVC holds the workspace's lock); a stage started by hand meanwhile would lose its
+    staged write and fail, losing nothing else."""
     found = [*Path(".").glob(f".*{PARTIAL_SUFFIX}")]
     for folder in OUTPUT_DIRS:
         found += folder.rglob(f"*{PARTIAL_SUFFIX}")
     for leftover in found:
-        if not leftover.exists():  # inside a staging folder removed before it
+        if not leftover.exists():  # handled with a folder before it
             continue
         if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            for done in recover_dir(swapped_path(leftover)):
+                print(f"validate: {done}")
         else:
             leftover.unlink(missing_ok=True)
-        print(f"validate: removed {leftover}, left by an interrupted write")
+            print(f"validate: removed {leftover}, left by an interrupted write")
 
 
 if __name__ == "__main__":

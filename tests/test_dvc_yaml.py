@@ -150,9 +150,14 @@ def test_metrics_and_plots_point_into_stage_outputs() -> None:
 def test_every_stage_after_validate_depends_on_its_output() -> None:
     """So DVC runs validate, which reads all of params.yaml, before it deletes any other
     stage's outputs; and validate's output is in git, beside params.yaml, for editors."""
-    (schema,) = outs(STAGES["validate"])
+    schema, init = map(str, (paths.PARAMS_SCHEMA, paths.TRAIN_INIT))
     assert STAGES["validate"]["params"] == [{"params.yaml": None}]
-    assert STAGES["validate"]["outs"] == [{schema: {"cache": False}}]
+    assert STAGES["validate"]["outs"] == [
+        {schema: {"cache": False}},
+        {init: {"cache": False, "persist": True}},  # rewritten only when the commit changes
+    ]
+    assert STAGES["validate"]["always_changed"]  # a moved tag is nothing else DVC sees
+    assert init in STAGES["train"]["deps"]
     for name in PIPELINE[1:]:
         assert schema in STAGES[name]["deps"], name
     tracked = subprocess.run(["git", "ls-files", schema], cwd=ROOT, capture_output=True, text=True)

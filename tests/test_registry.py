@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from stages import registry
-from stages.checkpoints import save_model
+from stages.checkpoints import METADATA_KEY, save_model
 from stages.cli import StageError
 from stages.model import MLP, MLPConfig, fold_temperature
+from stages.revisions import fixed_commit
 
 
 @pytest.fixture()
@@ -27,19 +30,19 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_a_tag_or_a_commit_hash_resolves_to_the_commit(repo: str) -> None:
-    assert registry.fixed_commit("v1", "train.init") == repo
-    assert registry.fixed_commit(repo[:10], "train.init") == repo
+    assert fixed_commit("v1") == repo
+    assert fixed_commit(repo[:10]) == repo
 
 
 @pytest.mark.parametrize("rev", ["main", "HEAD", "HEAD~0", "v1~0"])
 def test_a_moving_name_is_refused_with_the_commit_to_use(repo: str, rev: str) -> None:
     with pytest.raises(StageError, match=f"train.init = '{rev}' is a moving name.*{repo}"):
-        registry.fixed_commit(rev, "train.init")
+        fixed_commit(rev)
 
 
 def test_an_unknown_name_is_refused(repo: str) -> None:
     with pytest.raises(StageError, match="'v2' is not a tag or commit of this repository"):
-        registry.fixed_commit("v2", "train.init")
+        fixed_commit("v2")
 
 
 def exported(tmp_path: Path, config: MLPConfig) -> bytes:
@@ -114,3 +117,20 @@ def test_warm_start_undoes_the_exports_calibration_temperature(
     registry.warm_start(model, repo, "v1")
     images = small_data[1].images
     torch.testing.assert_close(model(images), trained(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", ['"hot"', "0", "-2.5", "1e400", "true", "[2.5]"])
+def test_a_temperature_that_is_not_a_positive_number_is_refused(
+    repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, temperature: str
+) -> None:
+    """Metadata written by no export stage: 1 / "hot" or 1 / 0 would be a traceback, and
+    0 < T < inf not holding, a network dividing its logits by 0 or flipping them."""
+    config = MLPConfig(hidden=(32,))
+    metadata = json.dumps({"config": config.to_dict()})[:-1] + f', "temperature": {temperature}}}'
+    save_file(MLP(config).state_dict(), tmp_path / "m.safetensors", {METADATA_KEY: metadata})
+    data = (tmp_path / "m.safetensors").read_bytes()
+    monkeypatch.setattr(registry, "read_model_bytes", lambda rev: data)
+    with pytest.raises(
+        StageError, match=r"of this repository at v1 has temperature = .* not a pos"
+    ):
+        registry.warm_start(MLP(config), repo, "v1")

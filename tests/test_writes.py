@@ -1,21 +1,26 @@
 """Every output is written atomically: the whole pipeline runs (in this process, on a small real
 subset) while an audit hook records each file opened for writing, copied or renamed, and each
 safetensors write. Any write to a final output name, rather than to a staging name that is then
-renamed into place, fails the test."""
+renamed into place, fails the test. Then: each write is flushed to the disk before its rename
+(power loss), and a folder's write killed at any point leaves one complete copy."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import os
+import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stages.files import PARTIAL_SUFFIX
+from stages.files import PARTIAL_SUFFIX, atomic_dir, atomic_path
 from stages.paths import MODELS, SPLIT_MANIFEST, TRAIN_DATA
+from stages.validate import remove_staging_leftovers
 
 from .conftest import Workdir, run_in_process
 
@@ -92,3 +97,146 @@ def test_every_stage_writes_its_outputs_atomically(
     assert not direct, f"written under their final names, not atomically: {direct}"
     for path in (TRAIN_DATA, SPLIT_MANIFEST, *MODELS.values()):
         assert (work.path / path).is_file()
+
+
+class FileEvents:
+    """The fsyncs (by the path of the descriptor flushed) and renames that the code under test
+    makes, in order; the real calls are made."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, ...]] = []
+        fsync, rename, replace = os.fsync, os.rename, os.replace
+
+        def recorded_fsync(fd: int) -> None:
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            fsync(fd)
+
+        def recorded(real: Callable[..., None]) -> Callable[..., None]:
+            def rename_and_record(source: Path, target: Path) -> None:
+                self.events.append(("rename", str(source), str(target)))
+                real(source, target)
+
+            return rename_and_record
+
+        monkeypatch.setattr(os, "fsync", recorded_fsync)
+        monkeypatch.setattr(os, "rename", recorded(rename))
+        monkeypatch.setattr(os, "replace", recorded(replace))
+
+
+def test_atomic_path_flushes_the_file_before_its_rename_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power loss then leaves the old file or the new one, whole (README, "SIGKILL (or power
+    loss)"): the bytes are on the disk before the name points at them."""
+    target = tmp_path.resolve() / "state.safetensors"
+    recorder = FileEvents(monkeypatch)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"state")
+    assert recorder.events == [
+        ("fsync", str(tmp)),
+        ("rename", str(tmp), str(target)),
+        ("fsync", str(target.parent)),
+    ]
+
+
+def test_atomic_dir_flushes_every_file_before_the_swap_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path.resolve() / "eval"
+    target.mkdir()  # an earlier output, replaced
+    recorder = FileEvents(monkeypatch)
+    with atomic_dir(target) as staging:
+        (staging / "sub").mkdir()
+        for name in ("a.csv", "sub/b.csv"):
+            (staging / name).write_text(name)
+    renames = [i for i, event in enumerate(recorder.events) if event[0] == "rename"]
+    flushed_first = {event[1] for event in recorder.events[: renames[0]]}
+    assert flushed_first == {str(staging / p) for p in ("a.csv", "sub/b.csv", "sub", "")}
+    into_place = next(i for i in renames if recorder.events[i][2] == str(target))
+    assert ("fsync", str(tmp_path.resolve())) in recorder.events[into_place:]
+    assert sorted(p.name for p in target.rglob("*")) == ["a.csv", "b.csv", "sub"]
+
+
+KILLED = 77
+OLD = {"a.csv": "old a", "c.csv": "old c"}
+NEW = {"a.csv": "new a", "b.csv": "new b"}
+
+
+def write_killed(path: Path, files: dict[str, str], kill_at: int) -> bool:
+    """atomic_dir(path) writing `files` (each through atomic_path, as export does), in a forked
+    process that ends at once, with no cleanup (as SIGKILL or a power loss would), instead of
+    making its `kill_at`-th rename or deletion. True if it ended so, False if it finished."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            calls = itertools.count()
+            for name in ("rename", "replace", "unlink", "rmdir"):  # shutil.rmtree's too
+                setattr(os, name, _killed_at(getattr(os, name), calls, kill_at))
+            with atomic_dir(path) as staging:
+                for name, text in files.items():
+                    with atomic_path(staging / name) as tmp:
+                        tmp.write_text(text)
+            code = 0
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code in (0, KILLED), f"the write failed (exit {code}) instead of being killed"
+    return code == KILLED
+
+
+def _killed_at(real: Callable[..., Any], calls: Iterator[int], kill_at: int) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == kill_at:
+            os._exit(KILLED)
+        return real(*args, **kwargs)
+
+    return call
+
+
+def contents(folder: Path) -> dict[str, str] | None:
+    if not folder.exists():
+        return None
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("earlier", [OLD, None], ids=["over-an-output", "first-write"])
+def test_a_folder_write_killed_at_any_point_leaves_one_complete_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, earlier: dict[str, str] | None
+) -> None:
+    """Killed before each of its renames and deletions in turn, then validate's cleanup: the
+    output is the earlier copy or the new one, whole, never a mix, never lost; once the new
+    copy is kept, every later kill keeps it; no staging folder stays."""
+    monkeypatch.chdir(tmp_path)
+    output = Path("metrics/eval")  # under a folder validate cleans
+    kept = []
+    for kill_at in itertools.count():
+        shutil.rmtree("metrics", ignore_errors=True)
+        if earlier is not None:
+            output.mkdir(parents=True)
+            for name, text in earlier.items():
+                (output / name).write_text(text)
+        if not write_killed(output, NEW, kill_at):
+            break
+        remove_staging_leftovers()
+        kept.append(contents(output))
+        assert not [*Path("metrics").rglob(f"*{PARTIAL_SUFFIX}")], kill_at
+    assert contents(output) == NEW  # the uninterrupted write
+    # a kill before each file's rename into staging and its cleanup, and each commit rename
+    assert len(kept) >= 2 * len(NEW) + 2 + (earlier is not None)
+    assert all(copy in (earlier, NEW) for copy in kept), f"lost or mixed: {kept}"
+    switched = kept.index(NEW) if NEW in kept else len(kept)
+    assert kept == [earlier] * switched + [NEW] * (len(kept) - switched), kept
+
+
+def test_a_folder_write_after_a_killed_one_finishes(tmp_path: Path) -> None:
+    """What a kill left at any point, no cleanup run: the next write of the folder succeeds."""
+    output = tmp_path / "eval"
+    for kill_at in itertools.count():
+        shutil.rmtree(tmp_path)
+        output.mkdir(parents=True)
+        if not write_killed(output, NEW, kill_at):
+            break
+        assert not write_killed(output, OLD, kill_at=-1)
+        assert contents(output) == OLD
+        assert [p.name for p in tmp_path.iterdir()] == ["eval"], kill_at

@@ -1,8 +1,8 @@
 """Only what changed reruns: one params key of each stage's group, one line of each module.
 
 After each change the test switches back and reruns: every stage must then come from DVC's
-run-cache (no stage command runs but validate's: its output is in git, `cache: false`, which
-turns DVC's run-cache off for it) and the workspace must equal the last commit again.
+run-cache (no stage command runs but validate's, which runs on every repro) and the workspace
+must equal the last commit again.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ pytestmark = pytest.mark.e2e
 
 DOWNSTREAM_OF = {s: set(STAGES[i:]) for i, s in enumerate(STAGES)}
 
-# Every params change reruns validate, whose out stays the same bytes: it adds no other stage.
+# validate runs on every repro (always_changed: it resolves train.init's tag again); its outs
+# stay the same bytes, so it adds no other stage.
 PARAM_CHANGES = [
     # a download key reruns download; its files come out byte-identical, so nothing after it
     ({"download": {"timeout_s": 31.0}}, {"validate", "download"}),
@@ -30,7 +31,10 @@ PARAM_CHANGES = [
 # A comment changes no output, so a module edit reruns exactly the stages that import it: a
 # stage's own module (late in the pipeline: export does not rerun) and a shared one. Which
 # modules each stage imports is checked for every stage statically by tests/test_dvc_yaml.py.
-MODULE_EDITS = [("stages/evaluate.py", {"evaluate"}), ("stages/engine.py", {"train", "swa"})]
+MODULE_EDITS = [
+    ("stages/evaluate.py", {"validate", "evaluate"}),
+    ("stages/engine.py", {"validate", "train", "swa"}),
+]
 
 
 def assert_switching_back_recomputes_nothing(project: Project, changed: str) -> None:

@@ -4,6 +4,7 @@ API and the predict command; a DVC remote that restores a tagged model without r
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -17,10 +18,10 @@ from safetensors.numpy import load_file
 from stages.checkpoints import load_model as load_model_file
 from stages.cli import StageError
 from stages.fashion_mnist import CLASSES
-from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
+from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA, TRAIN_INIT
 from stages.registry import load_model
 
-from .conftest import Project, remote_storage
+from .conftest import Project, lock_hashes, remote_storage, stages_run
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +175,42 @@ def test_a_damaged_model_from_another_repository_is_one_message_naming_it(
         message = str(refused.value)
         assert f"{EXPORT_WEIGHTS} of {other} at {rev or 'the workspace'}" in message, message
         assert "not a valid safetensors file" in message and "dvc checkout" in message
+
+
+def exported(project: Project, commit: str) -> str:
+    """The md5 dvc.lock records for the exported model at `commit`."""
+    return lock_hashes(project.run("git", "show", f"{commit}:dvc.lock").stdout)[str(EXPORT_DIR)]
+
+
+def test_moving_the_tag_that_train_init_names_reruns_train(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    """`git tag -f` changes no file; validate, which DVC runs on every repro, resolves the tag
+    again into models/init.json, train's dep: train reruns from the tag's new model, and the
+    stages before it do not."""
+    shutil.copytree(reproduced.path, tmp_path / "project", symlinks=True)
+    project = Project(tmp_path / "project")
+    base = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    project.run("git", "tag", "base")
+    project.set_params({"train": {"init": "base"}})
+    warm_started = {"validate", "train", "swa", "evaluate", "export"}
+    assert stages_run(project.run("dvc", "repro")) == warm_started
+    project.run("git", "add", "-A")
+    project.run("git", "commit", "-qm", "warm-started from base")
+    warm = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert exported(project, base) != exported(project, warm)  # the tag's next model differs
+
+    # validate runs on every repro, and while the tag stays, that is all
+    assert stages_run(project.run("dvc", "repro")) == {"validate"}
+    assert project.run("dvc", "status").stdout == "validate:\n\talways changed\n"
+
+    project.run("git", "tag", "-f", "base", warm)
+    # DVC sees the move once validate has resolved the tag again, as `dvc repro` does first
+    project.run("dvc", "repro", "validate")
+    status = project.run("dvc", "status").stdout
+    assert f"train:\n\tchanged deps:\n\t\tmodified:           {TRAIN_INIT}\n" in status, status
+    assert "download:" not in status and "split:" not in status
+    result = project.run("dvc", "repro")
+    assert stages_run(result) == warm_started
+    assert f"starting from the exported model of base ({warm[:12]})" in result.stdout
+    assert json.loads(project.read("metrics/train/metrics.json"))["init_commit"] == warm
