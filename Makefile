@@ -41,8 +41,8 @@ lint: setup ## ruff lint and format check
 	$(UV) run --no-sync ruff format --check .
 
 exps: ## compare experiments: test scores and the params that differ; failed ones listed apart
-	@$(UV) run --no-sync python -m stages.exps --only-changed --precision 4 \
-		--drop 'Created|Executor|^data/|^stages/|^models/|^metrics/test.json$$' \
+	@$(UV) run --no-sync python -m fashion_mnist_mlp.tools.exps --only-changed --precision 4 \
+		--drop 'Created|Executor|^data/|^fashion_mnist_mlp/|^models/|^metrics/test.json$$' \
 		--keep 'accuracy|f1_macro'
 
 JOBS ?= 2
@@ -54,15 +54,15 @@ TRIALS ?= 20
 WORKERS ?= 1
 search: ## Optuna search over search/space.yaml: TRIALS trials (20) shared by WORKERS processes (1)
 	@pids=; for w in $$(seq 0 $$(( $(WORKERS) - 1 ))); do \
-		$(UV) run --no-sync python -m stages.search --trials $(TRIALS) --worker $$w & pids="$$pids $$!"; \
+		$(UV) run --no-sync python -m fashion_mnist_mlp.tools.search --trials $(TRIALS) --worker $$w & pids="$$pids $$!"; \
 	done; status=0; for p in $$pids; do wait $$p || status=$$?; done; exit $$status
 
 REV ?= main
 report: ## report.md for a pull request: params, metrics and changed plots vs REV (main), best search trials
-	$(UV) run --no-sync python -m stages.report --rev $(REV)
+	$(UV) run --no-sync python -m fashion_mnist_mlp.tools.report --rev $(REV)
 
 lesson: setup ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...) as experiment 'lesson' (--temp)
-	$(UV) run --no-sync python -m stages.ablation $(ARGS)
+	$(UV) run --no-sync python -m fashion_mnist_mlp.tools.lesson $(ARGS)
 
 ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: README table (~40 min)
 	$(UV) run --no-sync python bench/ablation.py

@@ -15,10 +15,19 @@ PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
 def stage_project(path: Path, params: dict) -> None:
-    shutil.copytree(ROOT / "stages", path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "fashion_mnist_mlp",
+        path / "fashion_mnist_mlp",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("download", "split"):
-        subprocess.run([PYTHON, "-m", f"stages.{stage}"], cwd=path, check=True, capture_output=True)
+        subprocess.run(
+            [PYTHON, "-m", f"fashion_mnist_mlp.stages.{stage}"],
+            cwd=path,
+            check=True,
+            capture_output=True,
+        )
 
 
 def set_numerics_cpu(path: Path, mode: str) -> None:

@@ -7,7 +7,7 @@ In a fresh clone of HEAD (the workspace is not touched): first the lesson's own 
 (its NeuralNetwork, ToTensor's [0, 1] pixels, DataLoader(batch_size=64, shuffle=True),
 CrossEntropyLoss, SGD lr 1e-3, 10 epochs) on the pipeline's training split and on all 60,000
 training images, scored on the 10,000 test images, so `make lesson` can be compared with what
-the lesson prints. Then every step of stages/ablation.py (each keeps the changes before it) and
+the lesson prints. Then every step of fashion_mnist_mlp/tools/lesson.py (each keeps the changes before it) and
 each change tried and not kept, queued as experiments `ablation-<step>` and run one at a time
 (`--jobs 1`, so their times compare). Accuracy is the final (exported) model's on the test
 set; seconds are the train and swa stages' own, as they print them (`dvc queue logs`).
@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._experiments import dvc, fresh_clone, metrics_of, run_queued
 from bench.epoch_time import lesson_train_loop
 from bench.pipeline import ENV, ROOT
-from stages.ablation import STEPS, TRIED, cumulative, spelled
-from stages.data import Images, load_split
-from stages.fashion_mnist import read_images_and_labels
-from stages.lesson import NeuralNetwork
-from stages.paths import RAW_DIR, TEST_DATA, TRAIN_DATA
+from fashion_mnist_mlp.config.paths import RAW_DIR, TEST_DATA, TRAIN_DATA
+from fashion_mnist_mlp.tools.lesson import STEPS, TRIED, cumulative, spelled
+from fashion_mnist_mlp.training.data import Images, load_split
+from fashion_mnist_mlp.training.fashion_mnist import read_images_and_labels
+from fashion_mnist_mlp.training.lesson_model import NeuralNetwork
 
 README = ROOT / "README.md"
 RESULTS = ROOT / "docs" / "ablation.json"

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pipeline import ENV, ROOT
-from stages.params import load_params
+from fashion_mnist_mlp.config.params import load_params
 
 EPOCHS = (10, 20, 40, 60, 80)
 BATCH_SIZES = (128, 256, 512, 1024)

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._experiments import fresh_clone, metrics_of, run_queued
-from stages.params import load_params
+from fashion_mnist_mlp.config.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

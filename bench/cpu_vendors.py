@@ -10,7 +10,7 @@ answers CPUID as the emulated CPU does, so both take the path they would take th
 executes every exact instruction (add, multiply, FMA, sqrt, division) with IEEE rounding, as
 the real CPU does. What it cannot stand in for are the approximate instructions (RCPPS,
 RSQRTPS), whose bits each CPU model chooses; the portable path avoids the code that uses them
-(stages/numerics.py). The run is the end-to-end tests' small one (tests/e2e/conftest.py SMALL:
+(fashion_mnist_mlp/training/numerics.py). The run is the end-to-end tests' small one (tests/e2e/conftest.py SMALL:
 3,000 images, 2 + 2 epochs, one thread): download and split (integer work) run once, natively;
 then train, swa, evaluate and export run under each CPU. The table shows the md5 of every file
 they wrote, and which of them tests/e2e/reference_hashes.json records (a file's md5, as
@@ -50,7 +50,7 @@ def run_stages(path: Path, qemu_cpu: str | None) -> dict[str, str]:
     prefix = [QEMU, "-cpu", qemu_cpu] if qemu_cpu else []
     for stage in STAGES:
         result = subprocess.run(
-            [*prefix, str(PYTHON), "-m", f"stages.{stage}"],
+            [*prefix, str(PYTHON), "-m", f"fashion_mnist_mlp.stages.{stage}"],
             cwd=path,
             capture_output=True,
             text=True,

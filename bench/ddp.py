@@ -2,7 +2,7 @@
 
     uv run python bench/ddp.py [--nproc 2] [--epochs 5] [--repeats 3]
 
-Runs `python -m stages.train` in a temporary directory holding this checkout's params.yaml and a
+Runs `python -m fashion_mnist_mlp.stages.train` in a temporary directory holding this checkout's params.yaml and a
 real split (made by the split stage), alternating the process counts so load on this shared
 machine hits both alike. Reports the median epoch time (from metrics/resources/train.json), the
 wall time including start-up, and the last validation accuracy. On CPU each of N processes gets
@@ -40,7 +40,7 @@ def set_param(work: Path, dotted: str, value: object) -> None:
 
 def stage(work: Path, name: str) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=work, env=PYTHON_ENV,
+    subprocess.run([sys.executable, "-m", f"fashion_mnist_mlp.stages.{name}"], cwd=work, env=PYTHON_ENV,
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     return time.perf_counter() - start
 

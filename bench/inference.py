@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.checkpoints import load_model
-from stages.data import load_split
-from stages.export import INPUT_NAME, OUTPUT_NAME
-from stages.params import load_params
-from stages.paths import EXPORT_ONNX, EXPORT_WEIGHTS, TEST_DATA
+from fashion_mnist_mlp.config.params import load_params
+from fashion_mnist_mlp.config.paths import EXPORT_ONNX, EXPORT_WEIGHTS, TEST_DATA
+from fashion_mnist_mlp.stages.export import INPUT_NAME, OUTPUT_NAME
+from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.training.data import load_split
 
 SINGLE_IMAGES = 1000
 

@@ -3,7 +3,7 @@ native, alternating in one run (the machine is shared and noisy), on the full tr
 
     uv run python bench/numerics_cost.py [--epochs 4] [--repeats 3] [--threads 2]
 
-Each run is `python -m stages.train` in a temporary copy of the project with download and split
+Each run is `python -m fashion_mnist_mlp.stages.train` in a temporary copy of the project with download and split
 done once; the stage prints its median epoch time, which this collects.
 """
 
@@ -32,7 +32,11 @@ def epoch_seconds(path: Path, mode: str) -> float:
     set_numerics_cpu(path, mode)
     shutil.rmtree(path / "models", ignore_errors=True)
     out = subprocess.run(
-        [PYTHON, "-m", "stages.train"], cwd=path, check=True, capture_output=True, text=True
+        [PYTHON, "-m", "fashion_mnist_mlp.stages.train"],
+        cwd=path,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return float(EPOCH_TIME.findall(out)[-1])
 

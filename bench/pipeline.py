@@ -75,7 +75,7 @@ def alternate(a: list[str], a_dir: Path, b: list[str], b_dir: Path, n: int) -> t
 
 def exp_run_overhead(repo: Path, n: int) -> tuple[float, float]:
     """Median seconds of `dvc exp run -S evaluate.misclassified_grid=K` (reruns evaluate only)
-    and of `python -m stages.evaluate` after the same edit, alternating; a new K each round, so
+    and of `python -m fashion_mnist_mlp.stages.evaluate` after the same edit, alternating; a new K each round, so
     DVC's run-cache cannot skip the work, and the same K for both, so they do the same work."""
     params = repo / "params.yaml"
     original = params.read_text()
@@ -85,7 +85,7 @@ def exp_run_overhead(repo: Path, n: int) -> tuple[float, float]:
             run(["dvc", "exp", "run", "-S", f"evaluate.misclassified_grid={k + 2}"], repo)
         )
         params.write_text(original.replace("misclassified_grid: 6", f"misclassified_grid: {k + 2}"))
-        direct_times.append(run(["python", "-m", "stages.evaluate"], repo))
+        direct_times.append(run(["python", "-m", "fashion_mnist_mlp.stages.evaluate"], repo))
         params.write_text(original)
     return statistics.median(exp_times), statistics.median(direct_times)
 
@@ -128,7 +128,7 @@ def main() -> None:
     print(f"  one-stage project  {noop_minimal:5.2f} s")
     print(f"  ratio              {noop / noop_minimal:5.2f}x (target <= 1.2x)")
     print(
-        f"`dvc exp run` rerunning evaluate vs `python -m stages.evaluate`, median of {args.repeats}:"
+        f"`dvc exp run` rerunning evaluate vs `python -m fashion_mnist_mlp.stages.evaluate`, median of {args.repeats}:"
     )
     print(f"  dvc exp run {exp:5.2f} s, direct {direct:5.2f} s, overhead {exp - direct:+.2f} s")
 

@@ -1,5 +1,5 @@
 """Draws docs/schedulers.png: the learning rate every batch of a default run would use under each
-scheduler, computed by the real scheduler objects (stages/schedulers.py) with params.yaml's
+scheduler, computed by the real scheduler objects (fashion_mnist_mlp/config/schedulers.py) with params.yaml's
 arguments, epochs and batches per epoch. ReduceLROnPlateau is fed a validation loss that stops
 improving at epoch 10, since its curve depends on one.
 
@@ -21,10 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pipeline import ROOT
-from stages.engine import steps_per_epoch
-from stages.optimizers import build_optimizer
-from stages.params import Train, load_params
-from stages.schedulers import SCHEDULERS, build_schedule
+from fashion_mnist_mlp.config.optimizers import build_optimizer
+from fashion_mnist_mlp.config.params import Train, load_params
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS, build_schedule
+from fashion_mnist_mlp.training.engine import steps_per_epoch
 
 
 def lr_curve(cfg: Train, steps: int) -> list[float]:

@@ -2,7 +2,7 @@
 
     uv run python bench/search.py [--trials 20] [--workers 1]
 
-Runs `python -m stages.search` with search/space.yaml in a fresh clone of HEAD (the workspace
+Runs `python -m fashion_mnist_mlp.tools.search` with search/space.yaml in a fresh clone of HEAD (the workspace
 and its experiments are not touched), then sets the best trial's validation accuracy (the
 objective) and test accuracy beside the default's (HEAD's dvc.lock, the same full data and
 split). Test scores are read only here, after the search chose. The study's plots go to
@@ -50,7 +50,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "stages.search",
+                    "fashion_mnist_mlp.tools.search",
                     "--trials",
                     str(args.trials),
                     "--study",
@@ -74,7 +74,7 @@ def main() -> None:
         best = study.best_trial
         best_val, best_test = scores(repo, best.user_attrs["experiment"])
         subprocess.run(
-            [sys.executable, "-m", "stages.search", "--study", "bench",
+            [sys.executable, "-m", "fashion_mnist_mlp.tools.search", "--study", "bench",
              "--storage", f"sqlite:///{repo / 'search' / 'study.db'}", "--plots", str(PLOTS)],
             cwd=repo, env=ENV, check=True,
         )  # fmt: skip

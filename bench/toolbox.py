@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._experiments import fresh_clone, metrics_of, run_queued
 from bench.pipeline import ROOT
-from stages.losses import LOSSES
-from stages.optimizers import OPTIMIZERS
-from stages.params import load_params
+from fashion_mnist_mlp.config.losses import LOSSES
+from fashion_mnist_mlp.config.optimizers import OPTIMIZERS
+from fashion_mnist_mlp.config.params import load_params
 
 
 def runs() -> dict[str, dict[str, str]]:
@@ -40,8 +40,8 @@ def epoch_seconds(repo: Path, wanted: dict[str, dict[str, str]]) -> dict[str, fl
     """Name -> median seconds of a training epoch with its overrides, measured one after
     another in this process (torch's threads alone on the machine)."""
     from bench.epoch_time import median_seconds, project_epoch
-    from stages.data import load_split
-    from stages.paths import TRAIN_DATA
+    from fashion_mnist_mlp.config.paths import TRAIN_DATA
+    from fashion_mnist_mlp.training.data import load_split
 
     os.chdir(repo)  # project_epoch reads the clone's params.yaml
     data = load_split(TRAIN_DATA)

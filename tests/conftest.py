@@ -16,13 +16,13 @@ import pytest
 import torch
 import yaml
 
-from stages.checkpoints import save_model
-from stages.data import Images
-from stages.fashion_mnist import read_images_and_labels
-from stages.model import MLP, MLPConfig
-from stages.numerics import PORTABLE_ENV, cpu_flags, portable_unsupported
-from stages.params import PARAMS_FILE, Params, load_params
-from stages.paths import MODELS, RAW_DIR
+from fashion_mnist_mlp.config.params import PARAMS_FILE, Params, load_params
+from fashion_mnist_mlp.config.paths import MODELS, RAW_DIR
+from fashion_mnist_mlp.training.checkpoints import save_model
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.fashion_mnist import read_images_and_labels
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.numerics import PORTABLE_ENV, cpu_flags, portable_unsupported
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """One thread per torch process: two pytest workers (pyproject.toml) share the cores, and
     two processes at two threads each on two cores slow each other many times over. This
     process's kernels are the portable ones, as the stages run in-process pin them
-    (stages/numerics.py); the variables that chose them are dropped again, so each stage
+    (fashion_mnist_mlp/training/numerics.py); the variables that chose them are dropped again, so each stage
     started as a command must pin them itself."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if portable_unsupported(cpu_flags()) is None:
@@ -119,7 +119,7 @@ class Workdir:
         return work
 
     def set(self, dotted: str, value: object) -> None:
-        from stages.params import with_values
+        from fashion_mnist_mlp.config.params import with_values
 
         raw = yaml.safe_load((self.path / "params.yaml").read_text())
         changed = with_values(raw, {dotted: value})
@@ -128,12 +128,12 @@ class Workdir:
     def run(
         self, stage: str, *launcher: str, args: tuple[str, ...] = ()
     ) -> subprocess.CompletedProcess[str]:
-        """`python [launcher ...] -m stages.<stage> [args ...]` in this directory, with this
-        checkout's code."""
+        """`python [launcher ...] -m fashion_mnist_mlp.<folder>.<stage> [args ...]` in this
+        directory, with this checkout's code: a stage, or a tool (predict, search, ...)."""
         env = drop_portable_env({**os.environ, "PYTHONPATH": str(ROOT)})
         env.pop("STAGES_DEBUG", None)
         return subprocess.run(
-            [sys.executable, *launcher, "-m", f"stages.{stage}", *args],
+            [sys.executable, *launcher, "-m", module_of(stage), *args],
             cwd=self.path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
 
@@ -159,13 +159,21 @@ class Workdir:
         }
 
 
+def module_of(name: str) -> str:
+    """The dotted module of a stage or a tool."""
+    folder = (
+        "stages" if (ROOT / "fashion_mnist_mlp" / "stages" / f"{name}.py").exists() else "tools"
+    )
+    return f"fashion_mnist_mlp.{folder}.{name}"
+
+
 def run_in_process(work: Workdir, stage: str) -> None:
-    """A stage's main() in this process, in `work` (as `python -m stages.<stage>` there, without
+    """A stage's main() in this process, in `work` (as `python -m fashion_mnist_mlp.stages.<stage>` there, without
     paying an interpreter start per call). Its StageError propagates."""
     previous, threads = Path.cwd(), torch.get_num_threads()
     os.chdir(work.path)
     try:
-        importlib.import_module(f"stages.{stage}").main()
+        importlib.import_module(f"fashion_mnist_mlp.stages.{stage}").main()
     finally:
         os.chdir(previous)
         torch.set_num_threads(threads)
@@ -180,8 +188,8 @@ def raw_params() -> dict:
 
 def error_of_params(raw: dict, changes: dict[str, object]) -> str:
     """The StageError message that validating `raw` with `changes` (dotted keys) gives."""
-    from stages.cli import StageError
-    from stages.params import parse_params, with_values
+    from fashion_mnist_mlp.cli import StageError
+    from fashion_mnist_mlp.config.params import parse_params, with_values
 
     with pytest.raises(StageError) as e:
         parse_params(with_values(raw, changes))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stages.calibration import (
+from fashion_mnist_mlp.training.calibration import (
     BINS,
     calibration_error,
     calibration_report,

@@ -12,7 +12,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stages.checkpoints import (
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.losses import build_loss
+from fashion_mnist_mlp.config.optimizers import OPTIMIZERS, build_optimizer
+from fashion_mnist_mlp.config.params import MAX_DEPTH, MAX_WIDTH, Params, Train
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS, build_schedule
+from fashion_mnist_mlp.training.checkpoints import (
     METADATA_KEY,
     RESUME_KEY,
     RunKey,
@@ -25,14 +30,9 @@ from stages.checkpoints import (
     save_model,
     save_training_state,
 )
-from stages.cli import StageError
-from stages.data import Images
-from stages.engine import current_lr, seed_epoch, steps_per_epoch, train_epoch
-from stages.losses import build_loss
-from stages.model import MLP, MLPConfig
-from stages.optimizers import OPTIMIZERS, build_optimizer
-from stages.params import MAX_DEPTH, MAX_WIDTH, Params, Train
-from stages.schedulers import SCHEDULERS, build_schedule
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.engine import current_lr, seed_epoch, steps_per_epoch, train_epoch
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 from .conftest import ROOT
 from .toolbox import train_config
@@ -325,7 +325,7 @@ def test_metadata_claiming_a_huge_network_is_refused_before_allocating_it(tmp_pa
     write_with_metadata(path, '{"config": {' + huge + "}}", MLP(MLPConfig(hidden=(1,))))
     code = (
         "import sys; from pathlib import Path\n"
-        "from stages.checkpoints import load_model\nfrom stages.cli import StageError\n"
+        "from fashion_mnist_mlp.training.checkpoints import load_model\nfrom fashion_mnist_mlp.cli import StageError\n"
         f"try:\n    load_model(Path({str(path)!r}))\nexcept StageError as e:\n    print(e)\n"
         # VmHWM: this process's own peak (ru_maxrss would include the forking pytest's)
         "status = Path('/proc/self/status').read_text().split('VmHWM:')[1]\n"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from stages.paths import TEST_DATA, TRAIN_DATA, TRAIN_MODEL, TRAIN_RESUME
+from fashion_mnist_mlp.config.paths import TEST_DATA, TRAIN_DATA, TRAIN_MODEL, TRAIN_RESUME
 
 from .conftest import Workdir
 

@@ -23,15 +23,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from stages.checkpoints import save_model
-from stages.data import Images
-from stages.distributed import is_main, process_group, wrap
-from stages.engine import Stats, train_epoch
-from stages.files import PARTIAL_SUFFIX
-from stages.losses import build_loss
-from stages.model import MLP, MLPConfig
-from stages.params import Augment, Params, load_params
-from stages.paths import MODELS, SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
+from fashion_mnist_mlp.config.losses import build_loss
+from fashion_mnist_mlp.config.params import Augment, Params, load_params
+from fashion_mnist_mlp.config.paths import MODELS, SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
+from fashion_mnist_mlp.training.checkpoints import save_model
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.distributed import is_main, process_group, wrap
+from fashion_mnist_mlp.training.engine import Stats, train_epoch
+from fashion_mnist_mlp.training.files import PARTIAL_SUFFIX
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 from .conftest import COMMITTED_PARAMS, ROOT, Workdir
 
@@ -180,7 +180,7 @@ def start(work: Workdir, *launcher: str, stage: str = "train") -> subprocess.Pop
     # the thread count changes the summation order, and so the bytes
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, *launcher, "-m", f"stages.{stage}"], cwd=work.path, env=env, text=True,
+        [sys.executable, *launcher, "-m", f"fashion_mnist_mlp.stages.{stage}"], cwd=work.path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 

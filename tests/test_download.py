@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import StageError
-from stages.download import fetch
-from stages.fashion_mnist import RAW_FILES
-from stages.params import Download
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.params import Download
+from fashion_mnist_mlp.stages.download import fetch
+from fashion_mnist_mlp.training.fashion_mnist import RAW_FILES
 
 LABELS = RAW_FILES["test_labels"]
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ruamel.yaml import YAML
 
-from stages import paths
+from fashion_mnist_mlp.config import paths
 
 from .conftest import ROOT, committed
 
@@ -20,8 +20,25 @@ STAGES = DVC_YAML["stages"]
 PIPELINE = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
 
 
+PACKAGE = "fashion_mnist_mlp"
+
+
+def module_file(module: str) -> Path:
+    return ROOT / (module.replace(".", "/") + ".py")
+
+
+def imported_modules(node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The package's modules an import statement names (`from pkg.folder import module` too)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.startswith(PACKAGE + ".")]
+    if node.level or not (node.module or "").startswith(PACKAGE):
+        return []
+    submodules = [f"{node.module}.{a.name}" for a in node.names]
+    return [m for m in [node.module, *submodules] if module_file(m).exists()]
+
+
 def project_imports(module: str) -> set[str]:
-    """Modules of the `stages` package that `module` imports, directly or transitively."""
+    """Files of the package that `module` imports, directly or transitively (lazy imports too)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -29,21 +46,14 @@ def project_imports(module: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        tree = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
-        # the package imports itself relatively (`from .params import ...`): it is installed
-        # under another name (pyproject.toml)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                todo += [node.module] if node.module else [a.name for a in node.names]
-    return seen
+        for node in ast.walk(ast.parse(module_file(name).read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                todo += imported_modules(node)
+    return {str(module_file(m).relative_to(ROOT)) for m in seen}
 
 
 def code_deps(stage: dict) -> set[str]:
-    return {
-        d.removeprefix("stages/").removesuffix(".py")
-        for d in stage["deps"]
-        if d.startswith("stages/")
-    }
+    return {d for d in stage["deps"] if d.startswith(PACKAGE + "/")}
 
 
 def test_the_pipeline_has_its_seven_stages_in_order() -> None:
@@ -52,36 +62,27 @@ def test_the_pipeline_has_its_seven_stages_in_order() -> None:
 
 @pytest.mark.parametrize("name", PIPELINE)
 def test_each_stage_runs_its_own_module(name: str) -> None:
-    assert STAGES[name]["cmd"] == f"python -m stages.{name}"
-    assert "def main() -> None:" in (ROOT / "stages" / f"{name}.py").read_text()
+    module = f"{PACKAGE}.stages.{name}"
+    assert STAGES[name]["cmd"] == f"python -m {module}"
+    assert "def main() -> None:" in module_file(module).read_text()
 
 
 @pytest.mark.parametrize("name", PIPELINE)
 def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
-    # stages/__init__.py only offers load_model to other projects, lazily; it computes
-    # nothing a stage writes, so it is not listed.
-    assert code_deps(STAGES[name]) == project_imports(name)
+    # the packages' __init__.py files hold docstrings and the lazy load_model export; they
+    # compute nothing a stage writes, so they are not listed
+    assert code_deps(STAGES[name]) == project_imports(f"{PACKAGE}.stages.{name}")
 
 
-def test_the_package_imports_itself_relatively() -> None:
-    """An absolute `stages.` import works here and breaks the installed fashion_mnist_mlp."""
-    absolute = [
-        f"{path.name}:{node.lineno}"
-        for path in sorted((ROOT / "stages").glob("*.py"))
+def test_the_package_imports_itself_by_its_one_name() -> None:
+    """No relative imports and no other name: a reader greps one dotted path."""
+    other = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in sorted((ROOT / PACKAGE).rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ImportFrom | ast.Import)
-        and any(
-            name == "stages" or name.startswith("stages.")
-            for name in (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom) and not node.level
-                else [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-        )
+        if isinstance(node, ast.ImportFrom) and node.level
     ]
-    assert not absolute, f"absolute imports of the package: {absolute}"
+    assert not other, f"relative imports: {other}"
 
 
 def outs(stage: dict) -> list[str]:
@@ -92,7 +93,7 @@ def outs(stage: dict) -> list[str]:
 def all_declared_paths() -> set[str]:
     declared = set()
     for stage in STAGES.values():
-        declared |= {d for d in stage.get("deps", []) if not d.startswith("stages/")}
+        declared |= {d for d in stage.get("deps", []) if not d.startswith(PACKAGE + "/")}
         declared |= set(outs(stage))
     return declared
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.early_stopping import EarlyStoppingArgs, Watcher
+from fashion_mnist_mlp.training.early_stopping import EarlyStoppingArgs, Watcher
 
 from .conftest import error_of_params
 

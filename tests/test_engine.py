@@ -4,9 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.cli import StageError
-from stages.data import Images
-from stages.engine import (
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.losses import build_loss
+from fashion_mnist_mlp.config.optimizers import build_optimizer
+from fashion_mnist_mlp.config.params import Augment, Params
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.engine import (
     EpochLog,
     augment,
     evaluate,
@@ -15,10 +18,7 @@ from stages.engine import (
     seed_everything,
     train_epoch,
 )
-from stages.losses import build_loss
-from stages.model import MLP, MLPConfig
-from stages.optimizers import build_optimizer
-from stages.params import Augment, Params
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 
 def train_briefly(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.cli import StageError
-from stages.export import check_finite, check_parity, export_onnx, onnx_logits
-from stages.model import MLP, MLPConfig, predict_logits
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.stages.export import check_finite, check_parity, export_onnx, onnx_logits
+from fashion_mnist_mlp.training.model import MLP, MLPConfig, predict_logits
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])

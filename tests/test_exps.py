@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.exps import failed_experiments
+from fashion_mnist_mlp.tools.exps import failed_experiments
 
 
 def row(rev: str, params: dict, name: str | None = None, state: str | None = None) -> dict:

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from stages.checkpoints import load_model
-from stages.cli import StageError
-from stages.fashion_mnist import (
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.paths import SPLIT_MANIFEST, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
+from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.training.fashion_mnist import (
     RAW_FILES,
     TEST_SIZE,
     TRAIN_SIZE,
@@ -24,7 +25,6 @@ from stages.fashion_mnist import (
     read_images_and_labels,
     stratified_split,
 )
-from stages.paths import SPLIT_MANIFEST, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
 
 from .conftest import Workdir, run_in_process
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from stages.paths import TRAIN_MODEL
+from fashion_mnist_mlp.config.paths import TRAIN_MODEL
 
 from .conftest import ROOT, Workdir
 
@@ -21,7 +21,7 @@ def stage_command(work: Workdir, stage: str, **popen: object) -> subprocess.Pope
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("STAGES_DEBUG", None)
     return subprocess.Popen(
-        [sys.executable, "-m", f"stages.{stage}"], cwd=work.path, env=env, text=True,
+        [sys.executable, "-m", f"fashion_mnist_mlp.stages.{stage}"], cwd=work.path, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen,
     )  # fmt: skip
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from stages.formula import FormulaError, compile_formula
+from fashion_mnist_mlp.config.formula import FormulaError, compile_formula
 
 
 @pytest.mark.parametrize(

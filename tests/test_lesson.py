@@ -8,8 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from stages.lesson import NeuralNetwork, lesson_state_dict, stack_code, torch_save_bytes
-from stages.model import MLP, MLPConfig, fold_temperature
+from fashion_mnist_mlp.training.lesson_model import (
+    NeuralNetwork,
+    lesson_state_dict,
+    stack_code,
+    torch_save_bytes,
+)
+from fashion_mnist_mlp.training.model import MLP, MLPConfig, fold_temperature
 
 from .toolbox import LESSON_CLASS
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.engine import evaluate
-from stages.losses import LOSSES, build_loss
-from stages.model import MLP, MLPConfig
-from stages.params import Params
+from fashion_mnist_mlp.config.losses import LOSSES, build_loss
+from fashion_mnist_mlp.config.params import Params
+from fashion_mnist_mlp.training.engine import evaluate
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 from .toolbox import losses_while_training, train_config
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from stages.model import MLP, Dropout, MLPConfig
+from fashion_mnist_mlp.training.model import MLP, Dropout, MLPConfig
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -58,5 +58,5 @@ def test_mlp_state_dict_is_the_plain_linear_layers() -> None:
 
 @pytest.mark.parametrize("stage", ["download", "split"])
 def test_data_stages_start_without_importing_torch(stage: str) -> None:
-    code = f"import sys, stages.{stage}; sys.exit('torch' in sys.modules)"
+    code = f"import sys, fashion_mnist_mlp.stages.{stage}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

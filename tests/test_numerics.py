@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.numerics import REQUIRED_FLAGS, cpu_flags, portable_unsupported
+from fashion_mnist_mlp.training.numerics import REQUIRED_FLAGS, cpu_flags, portable_unsupported
 
 from .conftest import ROOT
 
@@ -32,8 +32,8 @@ def pinned(numerics: str, before: str = "", train: str = "None", processes: int 
     """What a fresh process reports after pin(); `before` runs first (a kernel, say)."""
     code = textwrap.dedent(f"""
         import os, torch
-        from stages.numerics import pin
-        from stages.params import Numerics, load_params
+        from fashion_mnist_mlp.training.numerics import pin
+        from fashion_mnist_mlp.config.params import Numerics, load_params
         {before}
         pin(Numerics.model_validate({numerics}), {processes}, {train})
         print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"),
@@ -67,7 +67,7 @@ def test_a_cpu_without_avx2_or_fma_is_named() -> None:
 def test_portable_on_a_cpu_without_avx2_says_so_and_runs_its_own_kernels() -> None:
     out = pinned(
         "{'cpu': 'portable', 'threads': 1}",
-        before="import stages.numerics; stages.numerics.cpu_flags = lambda: {'sse2', 'fma'}",
+        before="import fashion_mnist_mlp.training.numerics; fashion_mnist_mlp.training.numerics.cpu_flags = lambda: {'sse2', 'fma'}",
     )
     note = (
         "note: numerics.cpu = portable needs an x86-64 CPU with AVX2 and FMA, but this CPU "

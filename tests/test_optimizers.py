@@ -3,12 +3,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.engine import step
-from stages.losses import build_loss
-from stages.model import MLP, MLPConfig
-from stages.optimizers import OPTIMIZERS, averaged_copy, build_optimizer, load_average
-from stages.params import Params
-from stages.schedulers import build_schedule
+from fashion_mnist_mlp.config.losses import build_loss
+from fashion_mnist_mlp.config.optimizers import (
+    OPTIMIZERS,
+    averaged_copy,
+    build_optimizer,
+    load_average,
+)
+from fashion_mnist_mlp.config.params import Params
+from fashion_mnist_mlp.config.schedulers import build_schedule
+from fashion_mnist_mlp.training.engine import step
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 from .toolbox import losses_while_training, train_config
 

@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.cli import StageError
-from stages.params import OPTIMIZERS, Params, load_params, parse_params
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.params import OPTIMIZERS, Params, load_params, parse_params
 
 from .conftest import COMMITTED_PARAMS
 

@@ -12,11 +12,11 @@ import yaml
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from stages.cli import StageError
-from stages.losses import LOSSES
-from stages.optimizers import OPTIMIZERS
-from stages.params import parse_params
-from stages.schedulers import SCHEDULERS
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.losses import LOSSES
+from fashion_mnist_mlp.config.optimizers import OPTIMIZERS
+from fashion_mnist_mlp.config.params import parse_params
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS
 
 from .conftest import COMMITTED_PARAMS, Workdir, run_in_process
 

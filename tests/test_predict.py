@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stages.cli import StageError
-from stages.data import Images
-from stages.model import MLP, MLPConfig, predict_logits
-from stages.predict import read_image
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.tools.predict import read_image
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.model import MLP, MLPConfig, predict_logits
 
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -108,7 +108,7 @@ LOSSY = {"RGB-jpeg", "CMYK-jpeg"}
 
 @pytest.fixture(scope="module")
 def pictures(raw_dir: Path) -> np.ndarray:
-    from stages.fashion_mnist import read_images_and_labels
+    from fashion_mnist_mlp.training.fashion_mnist import read_images_and_labels
 
     return read_images_and_labels(raw_dir, "test")[0]
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stages import registry
-from stages.checkpoints import METADATA_KEY, save_model
-from stages.cli import StageError
-from stages.model import MLP, MLPConfig, fold_temperature
-from stages.revisions import fixed_commit
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.training import versions as registry
+from fashion_mnist_mlp.training.checkpoints import METADATA_KEY, save_model
+from fashion_mnist_mlp.training.model import MLP, MLPConfig, fold_temperature
+from fashion_mnist_mlp.training.revisions import fixed_commit
 
 
 @pytest.fixture()

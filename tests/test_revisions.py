@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import StageError
-from stages.files import write_json
-from stages.paths import TRAIN_INIT
-from stages.revisions import recorded_init
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.paths import TRAIN_INIT
+from fashion_mnist_mlp.training.files import write_json
+from fashion_mnist_mlp.training.revisions import recorded_init
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -34,7 +34,7 @@ def test_train_refuses_a_record_that_is_not_of_its_train_init(
         recorded_init("v1")
     message = str(refused.value)
     assert "does not record the commit of train.init = 'v1'" in message
-    assert "run python -m stages.validate" in message
+    assert "run python -m fashion_mnist_mlp.stages.validate" in message
 
 
 def test_train_starts_from_the_recorded_commit(

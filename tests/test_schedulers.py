@@ -10,13 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.checkpoints import load_model
-from stages.engine import current_lr
-from stages.model import MLP, MLPConfig
-from stages.optimizers import build_optimizer
-from stages.params import Params
-from stages.paths import TRAIN_LIVE, TRAIN_MODEL
-from stages.schedulers import SCHEDULERS, CosineWarmRestarts, Cyclic, build_schedule
+from fashion_mnist_mlp.config.optimizers import build_optimizer
+from fashion_mnist_mlp.config.params import Params
+from fashion_mnist_mlp.config.paths import TRAIN_LIVE, TRAIN_MODEL
+from fashion_mnist_mlp.config.schedulers import (
+    SCHEDULERS,
+    CosineWarmRestarts,
+    Cyclic,
+    build_schedule,
+)
+from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.training.engine import current_lr
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 from .conftest import Workdir, error_of_params, run_in_process
 from .toolbox import losses_while_training, train_config

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.cli import StageError
-from stages.search import open_study
-from stages.space import Space
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.tools.search import open_study
+from fashion_mnist_mlp.tools.space import Space
 
 from .conftest import Workdir
 from .test_trials import PASSWORD, unreachable

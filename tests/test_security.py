@@ -17,17 +17,22 @@ from typing import IO, Any
 import pytest
 from safetensors.torch import save_file
 
-from stages.checkpoints import ITEM_SIZES, METADATA_KEY, expected_tensors, save_model
-from stages.cli import StageError
-from stages.model import MLP, MLPConfig
-from stages.params import MAX_DEPTH, MAX_WIDTH
-from stages.paths import EXPORT_WEIGHTS
-from stages.registry import load_model
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.params import MAX_DEPTH, MAX_WIDTH
+from fashion_mnist_mlp.config.paths import EXPORT_WEIGHTS
+from fashion_mnist_mlp.training.checkpoints import (
+    ITEM_SIZES,
+    METADATA_KEY,
+    expected_tensors,
+    save_model,
+)
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.versions import load_model
 
 from .conftest import ROOT, Workdir
 from .test_damaged_files import noise_png
 
-SOURCES = sorted([*(ROOT / "stages").glob("*.py"), *(ROOT / "bench").glob("*.py")])
+SOURCES = sorted([*(ROOT / "fashion_mnist_mlp").rglob("*.py"), *(ROOT / "bench").glob("*.py")])
 UNPICKLING_MODULES = {"pickle", "cPickle", "dill", "joblib", "shelve", "marshal"}
 
 

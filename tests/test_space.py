@@ -10,9 +10,9 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from stages.cli import StageError
-from stages.params import with_values
-from stages.space import decode, load_space
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.params import with_values
+from fashion_mnist_mlp.tools.space import decode, load_space
 
 from .conftest import ROOT
 

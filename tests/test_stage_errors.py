@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from stages.checkpoints import METADATA_KEY, read_header
-from stages.fashion_mnist import RAW_FILES
-from stages.model import MLP, MLPConfig
-from stages.paths import RAW_DIR, TRAIN_MODEL
+from fashion_mnist_mlp.config.paths import RAW_DIR, TRAIN_MODEL
+from fashion_mnist_mlp.training.checkpoints import METADATA_KEY, read_header
+from fashion_mnist_mlp.training.fashion_mnist import RAW_FILES
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 from .conftest import ROOT, Workdir
 
@@ -179,7 +179,7 @@ def test_stages_debug_shows_the_traceback(work: Workdir) -> None:
     work.set("train.lr", -0.1)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STAGES_DEBUG": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "stages.split"],
+        [sys.executable, "-m", "fashion_mnist_mlp.stages.split"],
         cwd=work.path,
         env=env,
         capture_output=True,
@@ -194,7 +194,7 @@ def test_params_changed_while_a_stage_ran_fail_it(
 ) -> None:
     """A second `dvc exp run` in the same workspace rewrites params.yaml under a running stage;
     DVC would then record values the stage did not use. The stage fails instead, naming it."""
-    from stages.cli import run_stage
+    from fashion_mnist_mlp.cli import run_stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("train: {lr: 0.002}\n")

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from stages import swa as swa_stage
-from stages.checkpoints import RunKey
-from stages.data import Images
-from stages.engine import EpochLog, Stats, evaluate
-from stages.model import MLP, MLPConfig
-from stages.params import Params, Swa
-from stages.paths import SWA_RESUME
-from stages.swa import average_weights, recompute_batch_norm
+from fashion_mnist_mlp.config.params import Params, Swa
+from fashion_mnist_mlp.config.paths import SWA_RESUME
+from fashion_mnist_mlp.stages import swa as swa_stage
+from fashion_mnist_mlp.stages.swa import average_weights, recompute_batch_norm
+from fashion_mnist_mlp.training.checkpoints import RunKey
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.engine import EpochLog, Stats, evaluate
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 # the defaults' kind of network, small: dropout after each hidden layer, then BatchNorm after the
 # next linear layer, so the second BatchNorm normalizes what a dropout let through

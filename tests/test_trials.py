@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from stages.cli import StageError
-from stages.trials import TRIAL_ENV, connect, epoch_reporter, hidden, masked
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.tools.trials import TRIAL_ENV, connect, epoch_reporter, hidden, masked
 
 PASSWORD = "Zq7Wv9xK"
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from stages.files import PARTIAL_SUFFIX
-from stages.params import load_params
-from stages.paths import (
+from fashion_mnist_mlp.config.params import load_params
+from fashion_mnist_mlp.config.paths import (
     PARAMS_FILE,
     RESUME_PARAMS_KEY,
     RESUME_SECTIONS,
@@ -22,6 +21,7 @@ from stages.paths import (
     TRAIN_INIT,
     TRAIN_RESUME,
 )
+from fashion_mnist_mlp.training.files import PARTIAL_SUFFIX
 
 from .conftest import Workdir
 

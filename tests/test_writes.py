@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from stages.files import PARTIAL_SUFFIX, atomic_dir, atomic_path
-from stages.paths import MODELS, SPLIT_MANIFEST, TRAIN_DATA
-from stages.validate import remove_staging_leftovers
+from fashion_mnist_mlp.config.paths import MODELS, SPLIT_MANIFEST, TRAIN_DATA
+from fashion_mnist_mlp.stages.validate import remove_staging_leftovers
+from fashion_mnist_mlp.training.files import PARTIAL_SUFFIX, atomic_dir, atomic_path
 
 from .conftest import Workdir, run_in_process
 
@@ -53,7 +53,7 @@ class WriteRecorder:
         # safetensors writes from Rust, unseen by audit hooks: record the paths it is given
         for name, module in list(sys.modules.items()):
             original = getattr(module, "save_file", None)
-            if name.startswith("stages.") and callable(original):
+            if name.startswith("fashion_mnist_mlp.") and callable(original):
                 monkeypatch.setattr(module, "save_file", self._recording(original))
         self.active = True
         try:
@@ -87,7 +87,7 @@ def test_every_stage_writes_its_outputs_atomically(
     # dvclive creates a DVC repo when it finds none; that is not a stage output
     (work.path / ".dvc").mkdir()
     for stage in PIPELINE:  # imported first, so the recorder can wrap the writers they import
-        importlib.import_module(f"stages.{stage}")
+        importlib.import_module(f"fashion_mnist_mlp.stages.{stage}")
     for stage in PIPELINE:
         with recorder.recording(monkeypatch):
             run_in_process(work, stage)

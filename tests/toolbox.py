@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from stages.data import Images
-from stages.engine import train_epoch
-from stages.losses import build_loss
-from stages.model import MLP, MLPConfig
-from stages.optimizers import build_optimizer
-from stages.params import Params, Train
-from stages.schedulers import build_schedule
+from fashion_mnist_mlp.config.losses import build_loss
+from fashion_mnist_mlp.config.optimizers import build_optimizer
+from fashion_mnist_mlp.config.params import Params, Train
+from fashion_mnist_mlp.config.schedulers import build_schedule
+from fashion_mnist_mlp.training.data import Images
+from fashion_mnist_mlp.training.engine import train_epoch
+from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 
 def train_config(params: Params, **changes: object) -> Train:

@@ -20,7 +20,7 @@ from ..conftest import COMMITTED_PARAMS, ROOT, drop_portable_env
 
 STAGES = ["validate", "download", "split", "train", "swa", "evaluate", "export"]
 PROJECT_FILES = [
-    "stages",
+    "fashion_mnist_mlp",
     "dvc.yaml",
     "params.yaml",
     "params.schema.json",

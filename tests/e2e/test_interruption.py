@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from stages.paths import SWA_LIVE, SWA_MODEL, SWA_RESUME, TRAIN_LIVE, TRAIN_MODEL, TRAIN_RESUME
+from fashion_mnist_mlp.config.paths import (
+    SWA_LIVE,
+    SWA_MODEL,
+    SWA_RESUME,
+    TRAIN_LIVE,
+    TRAIN_MODEL,
+    TRAIN_RESUME,
+)
 
 from .conftest import SMALL, Project, lock_hashes, make_project
 
@@ -77,7 +84,7 @@ def assert_nothing_half_written(project: Project, stage: str) -> None:
     model, live, _ = OUTPUTS[stage]
     assert not (project.path / model).exists()
     # the log is whole or absent; what may stand at its place is the progress copy of the last
-    # finished epoch's summary (stages/engine.py epoch_log), a whole file the next run replaces
+    # finished epoch's summary (fashion_mnist_mlp/training/engine.py epoch_log), a whole file the next run replaces
     progress = project.path / live / "metrics.json"
     if (project.path / live).exists():
         assert [p.name for p in (project.path / live).iterdir()] == ["metrics.json"]

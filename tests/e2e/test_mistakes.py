@@ -40,8 +40,10 @@ def refused(project: Project, *command: str) -> str:
         sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     )
     output = result.stdout + result.stderr
-    assert "Traceback" not in output and "> python -m stages.download" not in output
-    assert "> python -m stages.train" not in output
+    assert (
+        "Traceback" not in output and "> python -m fashion_mnist_mlp.stages.download" not in output
+    )
+    assert "> python -m fashion_mnist_mlp.stages.train" not in output
     return output
 
 

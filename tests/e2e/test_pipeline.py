@@ -12,9 +12,7 @@ import pytest
 import torch
 import yaml
 
-from stages.fashion_mnist import CLASSES
-from stages.numerics import cpu_flags, portable_unsupported
-from stages.paths import (
+from fashion_mnist_mlp.config.paths import (
     CALIBRATION_METRICS,
     EXPORT_CARD,
     EXPORT_DIR,
@@ -22,6 +20,8 @@ from stages.paths import (
     TEST_DATA,
     TEST_METRICS,
 )
+from fashion_mnist_mlp.training.fashion_mnist import CLASSES
+from fashion_mnist_mlp.training.numerics import cpu_flags, portable_unsupported
 
 from ..toolbox import LESSON_CLASS
 from .conftest import STAGES, Project, lock_hashes, stages_run
@@ -124,7 +124,7 @@ def test_bad_params_stop_the_stage_and_keep_its_output(reproduced: Project) -> N
     before = model.read_bytes()
     reproduced.set_params({"train": {"lr": -1.0}})
     try:
-        result = reproduced.run("python", "-m", "stages.train", check=False)
+        result = reproduced.run("python", "-m", "fashion_mnist_mlp.stages.train", check=False)
     finally:
         reproduced.run("git", "checkout", "-q", "params.yaml")
     assert result.returncode == 2

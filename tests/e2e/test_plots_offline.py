@@ -18,7 +18,7 @@ from typing import ClassVar
 import pytest
 from dvc_render.html import PAGE_HTML
 
-from stages.plots import OFFLINE_TEMPLATE, offline_template
+from fashion_mnist_mlp.tools.plots import OFFLINE_TEMPLATE, offline_template
 
 from ..conftest import ROOT
 from .conftest import Project
@@ -132,4 +132,6 @@ def test_the_harness_sees_dvcs_own_page_fail_offline(
 
 
 def test_the_committed_page_template_is_the_locked_vl_convert_bundle() -> None:
-    assert (ROOT / OFFLINE_TEMPLATE).read_text() == offline_template(), "python -m stages.plots"
+    assert (ROOT / OFFLINE_TEMPLATE).read_text() == offline_template(), (
+        "python -m fashion_mnist_mlp.tools.plots"
+    )

@@ -40,9 +40,11 @@ def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
     assert all(measured(e) == METRIC_FILES for e in done)
     assert experiments(reproduced)["bad-lr"]["state"] == "failed"
     log = reproduced.run("dvc", "queue", "logs", "bad-lr").stdout
-    assert "train.lr = -1" in log and "> python -m stages.train" not in log, log
+    assert "train.lr = -1" in log and "> python -m fashion_mnist_mlp.stages.train" not in log, log
     # make exps: the failed one listed apart with what it tried, none of its baseline's scores
-    table, failed = reproduced.run("python", "-m", "stages.exps").stdout.split("\nFailed", 1)
+    table, failed = reproduced.run("python", "-m", "fashion_mnist_mlp.tools.exps").stdout.split(
+        "\nFailed", 1
+    )
     assert "bad-lr" not in table
     assert ["bad-lr", "train.lr=-1"] in [line.split() for line in failed.splitlines()], failed
 
@@ -52,7 +54,10 @@ def test_queued_experiments_run_in_parallel_workers_as_they_would_alone(
         "dvc", "exp", "run", "--temp", "-f", "--downstream", "swa",
         "-n", "alone", "-S", "swa.lr=0.0005",
     )  # fmt: skip
-    assert all(f"> python -m stages.{s}" in run.stdout for s in ("swa", "evaluate", "export"))
+    assert all(
+        f"> python -m fashion_mnist_mlp.stages.{s}" in run.stdout
+        for s in ("swa", "evaluate", "export")
+    )
     alone = experiments(reproduced)["alone"]
     (queued,) = (e for e in done if e["params"]["swa"]["lr"] == 0.0005)
     assert alone["outs"] and alone["outs"] == queued["outs"]

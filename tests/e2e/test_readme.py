@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
-from stages.fashion_mnist import CLASSES
-from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
+from fashion_mnist_mlp.config.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
+from fashion_mnist_mlp.training.fashion_mnist import CLASSES
 
 from ..conftest import ROOT
 from .conftest import SMALL, Project, experiments, make_project, measured

@@ -17,7 +17,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def report(project: Project, *args: str) -> str:
-    return project.run(sys.executable, "-m", "stages.report", *args).stdout
+    return project.run(sys.executable, "-m", "fashion_mnist_mlp.tools.report", *args).stdout
 
 
 def test_the_report_shows_an_experiments_params_metrics_changed_plots_and_best_trial(
@@ -75,7 +75,7 @@ def test_the_report_says_when_nothing_changed_and_never_overwrites_foreign_files
     mine = reproduced.path / "report" / "figure.png"  # someone's own folder of the same name
     mine.parent.mkdir()
     mine.write_bytes(PNG)
-    result = reproduced.run(sys.executable, "-m", "stages.report", check=False)
+    result = reproduced.run(sys.executable, "-m", "fashion_mnist_mlp.tools.report", check=False)
     assert (
         result.returncode == 2 and "report/ exists and was not written by a report" in result.stderr
     )

@@ -32,8 +32,8 @@ PARAM_CHANGES = [
 # stage's own module (late in the pipeline: export does not rerun) and a shared one. Which
 # modules each stage imports is checked for every stage statically by tests/test_dvc_yaml.py.
 MODULE_EDITS = [
-    ("stages/evaluate.py", {"validate", "evaluate"}),
-    ("stages/engine.py", {"validate", "train", "swa"}),
+    ("fashion_mnist_mlp/stages/evaluate.py", {"validate", "evaluate"}),
+    ("fashion_mnist_mlp/training/engine.py", {"validate", "train", "swa"}),
 ]
 
 

@@ -40,7 +40,7 @@ def search(
 ) -> subprocess.Popen:
     space_file = tmp_path / f"{study}.yaml"
     space_file.write_text(yaml.safe_dump(space))
-    command = [sys.executable, "-m", "stages.search", "--study", study, "--space", str(space_file),
+    command = [sys.executable, "-m", "fashion_mnist_mlp.tools.search", "--study", study, "--space", str(space_file),
                "--storage", f"sqlite:///{tmp_path / 'study.db'}", *args]  # fmt: skip
     return subprocess.Popen(
         command, cwd=project.path, env=project.env, text=True,
@@ -174,7 +174,7 @@ def test_the_study_plots_are_pngs(tmp_path: Path) -> None:
         n_trials=8,
     )
     result = subprocess.run(
-        [sys.executable, "-m", "stages.search", "--study", "drawn", "--storage", storage, "--plots", str(tmp_path / "plots")],
+        [sys.executable, "-m", "fashion_mnist_mlp.tools.search", "--study", "drawn", "--storage", storage, "--plots", str(tmp_path / "plots")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.cli import StageError
-from stages.paths import EXPORT_WEIGHTS
-from stages.registry import load_model, read_model_bytes
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.paths import EXPORT_WEIGHTS
+from fashion_mnist_mlp.training.versions import load_model, read_model_bytes
 
 from .conftest import Project, experiments, lock_hashes, remote_storage, stages_run
 

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-from stages.checkpoints import load_model as load_model_file
-from stages.cli import StageError
-from stages.fashion_mnist import CLASSES
-from stages.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA, TRAIN_INIT
-from stages.registry import load_model
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA, TRAIN_INIT
+from fashion_mnist_mlp.training.checkpoints import load_model as load_model_file
+from fashion_mnist_mlp.training.fashion_mnist import CLASSES
+from fashion_mnist_mlp.training.versions import load_model
 
 from .conftest import Project, lock_hashes, remote_storage, stages_run
 
@@ -90,7 +90,7 @@ def test_predict_classifies_image_files_with_a_tagged_model(
     result = tagged.run(
         "python",
         "-m",
-        "stages.predict",
+        "fashion_mnist_mlp.tools.predict",
         *map(str, paths),
         str(inverted),
         "--rev",
@@ -151,7 +151,9 @@ def test_a_model_that_is_not_here_is_one_message_naming_what_to_run(
     image = tmp_path / "shirt.png"
     Image.fromarray(load_file(tagged.path / TEST_DATA)["images"][0]).save(image)
     for rev, build in ((), "make repro"), (("--rev", TAG), f"git checkout {TAG}"):
-        result = Project(clone).run("python", "-m", "stages.predict", str(image), *rev, check=False)
+        result = Project(clone).run(
+            "python", "-m", "fashion_mnist_mlp.tools.predict", str(image), *rev, check=False
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         (line,) = result.stderr.strip().splitlines()
         assert "is not here" in line and build in line and "dvc pull models/export" in line

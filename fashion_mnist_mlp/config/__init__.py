@@ -1,0 +1,1 @@
+"""The configuration: the params.yaml schema and the option tables (losses, optimizers, schedulers)."""

@@ -1,0 +1,1 @@
+"""The tools people run beside the pipeline: search, report, exps, predict, lesson, plots."""

@@ -1,0 +1,1 @@
+"""The training library the stages share: data, model, loop, checkpoints, processes, numerics."""
