@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset browser repro test lint exps queue search report lesson ablation bench
+.PHONY: help setup dataset browser repro quick test lint exps queue search report lesson ablation bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -33,6 +33,13 @@ browser: ## install Debian's chromium, which the tests open the offline plots pa
 repro: setup ## run the default pipeline: download → split → train → swa → evaluate → export
 	$(UV) run --no-sync dvc repro
 
+# Accepted by validate: swa.anneal_epochs at most swa.epochs, split.val_size below split.subset
+# (tests/test_quick.py runs this very command line through the params validator)
+QUICK := -S split.subset=5000 -S split.val_size=1000 -S train.epochs=3 -S swa.epochs=2 -S swa.anneal_epochs=1
+quick: setup ## the whole pipeline on 4,000 training images, 3 + 2 epochs (~30 s): experiment 'quick', in a temporary copy (ARGS: more -S ...)
+	@# -f: a rerun replaces this commit's 'quick' (DVC refuses an existing name), every stage run again
+	$(UV) run --no-sync dvc exp run --temp -f -n quick $(QUICK) $(ARGS)
+
 test: setup browser ## run the test suite (unit and end-to-end)
 	$(UV) run --no-sync pytest
 
@@ -40,10 +47,8 @@ lint: setup ## ruff lint and format check
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
 
-exps: ## compare experiments: test scores and the params that differ; failed ones listed apart
-	@$(UV) run --no-sync python -m fashion_mnist_mlp.tools.exps --only-changed --precision 4 \
-		--drop 'Created|Executor|^data/|^fashion_mnist_mlp/|^models/|^metrics/test.json$$' \
-		--keep 'accuracy|f1_macro'
+exps: ## compare experiments: their scores and the params that differ, to fit the terminal (ARGS: dvc exp show's -A, -n N ...)
+	@$(UV) run --no-sync python -m fashion_mnist_mlp.tools.exps $(ARGS)
 
 JOBS ?= 2
 queue: ## run the queued experiments, JOBS workers (default 2); OMP_NUM_THREADS shares the cores under numerics.threads: auto
@@ -64,7 +69,7 @@ report: ## report.md for a pull request: params, metrics and changed plots vs RE
 lesson: setup ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...) as experiment 'lesson' (--temp)
 	$(UV) run --no-sync python -m fashion_mnist_mlp.tools.lesson $(ARGS)
 
-ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: README table (~40 min)
+ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: docs/benchmarks.md's table (~40 min)
 	$(UV) run --no-sync python bench/ablation.py
 
 bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)

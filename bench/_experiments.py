@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.pipeline import ENV, ROOT
+
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"
+
+
+def write_between_markers(name: str, text: str, page: Path = BENCHMARKS_PAGE) -> None:
+    """Put `text` between the page's `<!-- NAME:begin -->` and `<!-- NAME:end -->` lines, where
+    the docs quote this benchmark's table."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    content = page.read_text()
+    if begin not in content or end not in content:
+        sys.exit(f"{page} has no {begin} ... {end} markers: the table is not written there")
+    head, rest = content.split(begin, 1)
+    page.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def dvc(repo: Path, *args: str) -> str:

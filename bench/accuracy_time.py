@@ -56,7 +56,7 @@ def run_experiment(repo: Path, overrides: dict[str, int]) -> dict[str, float]:
     return {
         "seconds": read("metrics/resources/train.json")["seconds"]
         + read("metrics/resources/swa.json")["seconds"],
-        "accuracy": read("metrics/test.json")["swa"]["accuracy"],
+        "accuracy": read("metrics/test.json")["swa_model"]["accuracy"],
     }
 
 

@@ -81,7 +81,7 @@ def main() -> None:
         if "metrics/test.json" not in metrics:
             print(f"{name} failed")
             continue
-        accuracy[arm].append(metrics["metrics/test.json"]["swa"]["accuracy"])
+        accuracy[arm].append(metrics["metrics/test.json"]["swa_model"]["accuracy"])
     print(f"\nexported test accuracy over {args.seeds} seeds (train.seed = swa.seed = 0..)")
     print("| arm | overrides | test accuracy | vs plain |")
     print("|---|---|---|---|")

@@ -31,11 +31,11 @@ from fashion_mnist_mlp.config.losses import build_loss
 from fashion_mnist_mlp.config.optimizers import build_optimizer
 from fashion_mnist_mlp.config.params import load_params
 from fashion_mnist_mlp.config.paths import RAW_DIR, TRAIN_DATA
-from fashion_mnist_mlp.config.schedulers import build_schedule
 from fashion_mnist_mlp.training.data import Images, load_split
 from fashion_mnist_mlp.training.engine import steps_per_epoch, train_epoch
 from fashion_mnist_mlp.training.fashion_mnist import RAW_FILES
 from fashion_mnist_mlp.training.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
+from fashion_mnist_mlp.training.schedule import build_schedule
 
 # forward 2·(784·512 + 512·512 + 512·10) FLOP per image, backward twice that
 FLOP_PER_IMAGE = 3 * 2 * (784 * 512 + 512 * 512 + 512 * 10)

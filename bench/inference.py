@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fashion_mnist_mlp.config.params import load_params
 from fashion_mnist_mlp.config.paths import EXPORT_ONNX, EXPORT_WEIGHTS, TEST_DATA
 from fashion_mnist_mlp.stages.export import INPUT_NAME, OUTPUT_NAME
-from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.data import load_split
 
 SINGLE_IMAGES = 1000
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    model, _ = load_model(EXPORT_WEIGHTS)
+    model, _ = load_checkpoint(EXPORT_WEIGHTS)
     model.eval()
     options = ort.SessionOptions()
     options.log_severity_level = 3

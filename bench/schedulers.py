@@ -22,9 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pipeline import ROOT
 from fashion_mnist_mlp.config.optimizers import build_optimizer
-from fashion_mnist_mlp.config.params import Train, load_params
-from fashion_mnist_mlp.config.schedulers import SCHEDULERS, build_schedule
+from fashion_mnist_mlp.config.params import load_params
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS
+from fashion_mnist_mlp.config.train import Train
 from fashion_mnist_mlp.training.engine import steps_per_epoch
+from fashion_mnist_mlp.training.schedule import build_schedule
 
 
 def lr_curve(cfg: Train, steps: int) -> list[float]:

@@ -24,6 +24,7 @@ import dvc.api
 
 from bench._experiments import fresh_clone
 from bench.pipeline import ENV, ROOT
+from fashion_mnist_mlp.config.paths import TEST_METRICS_KEYS
 
 PLOTS = ROOT / "search" / "bench"
 
@@ -33,7 +34,8 @@ def scores(repo: Path, rev: str) -> tuple[float, float]:
     calibration = json.loads(dvc.api.read("metrics/calibration.json", repo=str(repo), rev=rev))
     test = json.loads(dvc.api.read("metrics/test.json", repo=str(repo), rev=rev))
     exported = json.loads(dvc.api.read("models/export/model_card.json", repo=str(repo), rev=rev))
-    return calibration["validation"]["accuracy"], test[exported["source_model"]]["accuracy"]
+    model = TEST_METRICS_KEYS[exported["source_model"]]
+    return calibration["validation"]["accuracy"], test[model]["accuracy"]
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Every optimizer and every loss on the full data with the default epochs, as queued DVC
-experiments, into a README-ready table (docs/toolbox.md): test accuracy of the trained and the
-exported model, seconds per training epoch, and the params each run used.
+experiments, into the table of docs/benchmarks.md (between its toolbox markers): test accuracy
+of the trained and the exported model, seconds per training epoch, and the params each run used.
 
-    uv run python bench/toolbox.py [--only adamw,mse] [--timing-only] [--out docs/toolbox.md]
+    uv run python bench/toolbox.py [--only adamw,mse] [--timing-only] [--no-docs]
 
 Runs in a fresh clone of HEAD under a temporary directory. First the epoch times, side by side
 in this process before any experiment runs (the train stage's loop on the full training split,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._experiments import fresh_clone, metrics_of, run_queued
+from bench._experiments import fresh_clone, metrics_of, run_queued, write_between_markers
 from bench.pipeline import ROOT
 from fashion_mnist_mlp.config.losses import LOSSES
 from fashion_mnist_mlp.config.optimizers import OPTIMIZERS
@@ -63,7 +63,7 @@ def row(name: str, overrides: dict[str, str], data: dict, seconds: float) -> str
     shown = ", ".join(f"{k} {v}" for k, v in used.items() if k in ("lr", "weight_decay"))
     option = " ".join(f"`{k}={v}`" for k, v in overrides.items())
     return (
-        f"| {option} | {test['train']['accuracy']:.4f} | {test['swa']['accuracy']:.4f} | "
+        f"| {option} | {test['trained_model']['accuracy']:.4f} | {test['swa_model']['accuracy']:.4f} | "
         f"{seconds:.2f} | {params['optimizer']} ({shown}), {params['loss']}, "
         f"{params['scheduler']}, {params['epochs']} epochs |"
     )
@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated names (optimizers or losses) to run")
     parser.add_argument("--timing-only", action="store_true", help="epoch times, no experiments")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "toolbox.md")
+    parser.add_argument("--no-docs", action="store_true", help="only print the table")
     args = parser.parse_args()
     wanted = runs()
     if args.only:
@@ -93,8 +93,9 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     table = "\n".join([*header, *(row(n, wanted[n], done[n], seconds[n]) for n in wanted)])
-    args.out.write_text(table + "\n")
-    print(f"wrote {args.out}")
+    print(table)
+    if not args.no_docs:
+        write_between_markers("toolbox", table)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,23 @@
-"""The pipeline's stages (`python -m stages.<name>`) and the shared modules they import.
+"""The FashionMNIST MLP pipeline: stages/ (dvc.yaml runs each as `python -m
+fashion_mnist_mlp.stages.<name>`), training/ (the library), config/ (the params schema) and
+tools/ (the commands beside the pipeline).
 
-Installed in another project (pyproject.toml), this package is `fashion_mnist_mlp`:
+Its one public function, `load_model`: the exported model of any version, from any directory
+(`make setup` installs the project into its .venv; another project installs it as a package):
 
     from fashion_mnist_mlp import load_model
+    model = load_model(rev="fashion-mlp@v1.0.0")  # the repository of the current directory
     model = load_model(repo="https://github.com/<org>/<project>", rev="fashion-mlp@v1.1.0")
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fashion_mnist_mlp.training.versions import load_model
+
+__all__ = ["load_model"]
 
 
 def __getattr__(name: str) -> Any:

@@ -89,8 +89,14 @@ def way_back() -> str:
         )
     return (
         "back to the last commit's params and outputs (this discards params.yaml's and "
-        "dvc.lock's uncommitted changes): git checkout params.yaml dvc.lock && dvc checkout"
+        f"dvc.lock's uncommitted changes): git checkout params.yaml dvc.lock && {dvc()} checkout"
     )
+
+
+def dvc() -> str:
+    """`dvc` as the user's shell can run it. `uv run dvc ...` (and the Makefile's targets) put
+    the environment's bin/ on the stages' PATH only: the shell that typed it finds no `dvc`."""
+    return "uv run dvc" if "UV_RUN_RECURSION_DEPTH" in os.environ else "dvc"
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from fashion_mnist_mlp.config.params import PARAMS_FILE, Params, load_params
-from fashion_mnist_mlp.config.paths import MODELS, RAW_DIR
+from fashion_mnist_mlp.config.params import Params, load_params
+from fashion_mnist_mlp.config.paths import MODELS, PARAMS_FILE, RAW_DIR
 from fashion_mnist_mlp.training.checkpoints import save_model
 from fashion_mnist_mlp.training.data import Images
 from fashion_mnist_mlp.training.fashion_mnist import read_images_and_labels
@@ -119,7 +119,7 @@ class Workdir:
         return work
 
     def set(self, dotted: str, value: object) -> None:
-        from fashion_mnist_mlp.config.params import with_values
+        from fashion_mnist_mlp.config.loader import with_values
 
         raw = yaml.safe_load((self.path / "params.yaml").read_text())
         changed = with_values(raw, {dotted: value})
@@ -189,7 +189,8 @@ def raw_params() -> dict:
 def error_of_params(raw: dict, changes: dict[str, object]) -> str:
     """The StageError message that validating `raw` with `changes` (dotted keys) gives."""
     from fashion_mnist_mlp.cli import StageError
-    from fashion_mnist_mlp.config.params import parse_params, with_values
+    from fashion_mnist_mlp.config.loader import with_values
+    from fashion_mnist_mlp.config.params import parse_params
 
     with pytest.raises(StageError) as e:
         parse_params(with_values(raw, changes))

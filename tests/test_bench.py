@@ -1,4 +1,4 @@
-"""Every benchmark starts the way the README and the Makefile run it (`python bench/<name>.py`
+"""Every benchmark starts the way the docs and the Makefile run it (`python bench/<name>.py`
 from the repository root): a file that shadows a module torch imports, or an import that broke,
 fails here instead of in a user's hands."""
 

@@ -15,8 +15,10 @@ from safetensors.torch import save_file
 from fashion_mnist_mlp.cli import StageError
 from fashion_mnist_mlp.config.losses import build_loss
 from fashion_mnist_mlp.config.optimizers import OPTIMIZERS, build_optimizer
-from fashion_mnist_mlp.config.params import MAX_DEPTH, MAX_WIDTH, Params, Train
-from fashion_mnist_mlp.config.schedulers import SCHEDULERS, build_schedule
+from fashion_mnist_mlp.config.params import Params
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS
+from fashion_mnist_mlp.config.sections import MAX_DEPTH, MAX_WIDTH
+from fashion_mnist_mlp.config.train import Train
 from fashion_mnist_mlp.training.checkpoints import (
     METADATA_KEY,
     RESUME_KEY,
@@ -24,7 +26,7 @@ from fashion_mnist_mlp.training.checkpoints import (
     TrainingState,
     decode,
     encode,
-    load_model,
+    load_checkpoint,
     load_training_state,
     read_training_state,
     save_model,
@@ -33,6 +35,7 @@ from fashion_mnist_mlp.training.checkpoints import (
 from fashion_mnist_mlp.training.data import Images
 from fashion_mnist_mlp.training.engine import current_lr, seed_epoch, steps_per_epoch, train_epoch
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.schedule import build_schedule
 
 from .conftest import ROOT
 from .toolbox import train_config
@@ -46,7 +49,7 @@ def test_round_trip_restores_architecture_weights_and_info(tmp_path: Path) -> No
     torch.manual_seed(0)
     model = MLP(MLPConfig(hidden=(32, 16), dropout=0.1))
     save_model(model, tmp_path / "m.safetensors", {"final_lr": 0.5})
-    loaded, info = load_model(tmp_path / "m.safetensors")
+    loaded, info = load_checkpoint(tmp_path / "m.safetensors")
     assert loaded.config == model.config and info == {"final_lr": 0.5}
     assert not loaded.training
     for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
@@ -73,7 +76,7 @@ def test_a_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
     evil = tmp_path / "model.safetensors"
     evil.write_bytes(pickle.dumps(payload))
     with pytest.raises(StageError, match="not a valid safetensors file"):
-        load_model(evil)
+        load_checkpoint(evil)
     assert not marker.exists()
 
 
@@ -81,7 +84,7 @@ def test_torch_save_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     torch.save(MLP(MLPConfig(hidden=(8,))).state_dict(), path)
     with pytest.raises(StageError, match="never unpickled"):
-        load_model(path)
+        load_checkpoint(path)
 
 
 def test_truncated_file_is_refused(tmp_path: Path) -> None:
@@ -89,7 +92,7 @@ def test_truncated_file_is_refused(tmp_path: Path) -> None:
     save_model(MLP(MLPConfig(hidden=(8,))), path)
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(StageError, match="not a valid safetensors file"):
-        load_model(path)
+        load_checkpoint(path)
 
 
 def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) -> None:
@@ -102,12 +105,12 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path: Path) ->
     }
     save_file(MLP(MLPConfig(hidden=(8,))).state_dict(), path, metadata=metadata)
     with pytest.raises(StageError, match="weights do not fit the architecture"):
-        load_model(path)
+        load_checkpoint(path)
 
 
 def test_missing_file_names_the_stage_to_run(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="is missing"):
-        load_model(tmp_path / "none.safetensors")
+        load_checkpoint(tmp_path / "none.safetensors")
 
 
 EPOCHS = 4
@@ -312,7 +315,7 @@ def test_malformed_metadata_is_one_clear_error_naming_the_file(
     path = tmp_path / "m.safetensors"
     write_with_metadata(path, metadata)
     with pytest.raises(StageError) as e:
-        load_model(path)
+        load_checkpoint(path)
     assert str(e.value).startswith(f"{path} ") and phrase in str(e.value), str(e.value)
 
 
@@ -325,8 +328,8 @@ def test_metadata_claiming_a_huge_network_is_refused_before_allocating_it(tmp_pa
     write_with_metadata(path, '{"config": {' + huge + "}}", MLP(MLPConfig(hidden=(1,))))
     code = (
         "import sys; from pathlib import Path\n"
-        "from fashion_mnist_mlp.training.checkpoints import load_model\nfrom fashion_mnist_mlp.cli import StageError\n"
-        f"try:\n    load_model(Path({str(path)!r}))\nexcept StageError as e:\n    print(e)\n"
+        "from fashion_mnist_mlp.training.checkpoints import load_checkpoint\nfrom fashion_mnist_mlp.cli import StageError\n"
+        f"try:\n    load_checkpoint(Path({str(path)!r}))\nexcept StageError as e:\n    print(e)\n"
         # VmHWM: this process's own peak (ru_maxrss would include the forking pytest's)
         "status = Path('/proc/self/status').read_text().split('VmHWM:')[1]\n"
         "print(int(status.split()[0]) // 1024)"
@@ -345,6 +348,6 @@ def test_a_model_file_of_the_older_format_loads_with_its_normalization(tmp_path:
     path = tmp_path / "m.safetensors"
     old = '"hidden": [8], "dropout": 0.0, "in_features": 784, "num_classes": 10'
     write_with_metadata(path, '{"config": {' + old + '}, "final_lr": 0.001}')
-    model, info = load_model(path)
+    model, info = load_checkpoint(path)
     assert (model.config.pixel_mean, model.config.pixel_std) == (0.2860, 0.3530)
     assert model.config.input_dropout == 0.0 and info == {"final_lr": 0.001}

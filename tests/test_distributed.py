@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fashion_mnist_mlp.config.losses import build_loss
-from fashion_mnist_mlp.config.params import Augment, Params, load_params
+from fashion_mnist_mlp.config.params import Params, load_params
 from fashion_mnist_mlp.config.paths import MODELS, SPLIT_DIR, SWA_MODEL, TRAIN_MODEL, TRAIN_RESUME
+from fashion_mnist_mlp.config.sections import Augment
 from fashion_mnist_mlp.training.checkpoints import save_model
 from fashion_mnist_mlp.training.data import Images
 from fashion_mnist_mlp.training.distributed import is_main, process_group, wrap
@@ -206,7 +207,7 @@ def run_as_two_nodes(
 ) -> tuple[list[subprocess.Popen], list[str]]:
     """`stage` under torchrun on each "machine" (directory), joined over loopback; their exit
     and output. static: node 0 is rank 0 and hosts the store; c10d: the agents agree on ranks
-    themselves, as the README's multi-node commands do."""
+    themselves, as docs/torchrun.md's multi-node commands do."""
     port = free_port()
     joined = {
         "static": lambda i: [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,25 @@ def imported_modules(node: ast.ImportFrom | ast.Import) -> list[str]:
     return [m for m in [node.module, *submodules] if module_file(m).exists()]
 
 
+def runtime_imports(node: ast.AST) -> Iterator[ast.ImportFrom | ast.Import]:
+    """The import statements under `node` that run (lazy ones in functions too); not those
+    under `if TYPE_CHECKING:`, which only type checkers read."""
+    if isinstance(node, ast.ImportFrom | ast.Import):
+        yield node
+    type_only = isinstance(node, ast.If) and ast.unparse(node.test) in TYPE_CHECKING
+    for child in node.orelse if type_only else ast.iter_child_nodes(node):
+        yield from runtime_imports(child)
+
+
+TYPE_CHECKING = {"TYPE_CHECKING", "typing.TYPE_CHECKING"}
+
+
+def direct_imports(module: str) -> set[str]:
+    """The package's modules that `module` imports when it runs."""
+    tree = ast.parse(module_file(module).read_text())
+    return {m for node in runtime_imports(tree) for m in imported_modules(node)}
+
+
 def project_imports(module: str) -> set[str]:
     """Files of the package that `module` imports, directly or transitively (lazy imports too)."""
     seen: set[str] = set()
@@ -46,9 +66,7 @@ def project_imports(module: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        for node in ast.walk(ast.parse(module_file(name).read_text())):
-            if isinstance(node, ast.ImportFrom | ast.Import):
-                todo += imported_modules(node)
+        todo += direct_imports(name)
     return {str(module_file(m).relative_to(ROOT)) for m in seen}
 
 
@@ -72,6 +90,69 @@ def test_code_deps_are_exactly_the_modules_the_stage_imports(name: str) -> None:
     # the packages' __init__.py files hold docstrings and the lazy load_model export; they
     # compute nothing a stage writes, so they are not listed
     assert code_deps(STAGES[name]) == project_imports(f"{PACKAGE}.stages.{name}")
+
+
+def test_imports_only_type_checkers_read_are_no_deps() -> None:
+    tree = ast.parse(
+        "if TYPE_CHECKING:\n    from fashion_mnist_mlp.config.params import Params\n"
+        "else:\n    import fashion_mnist_mlp.cli\n"
+        "def f():\n    from fashion_mnist_mlp.config.paths import X\n"
+    )
+    assert [ast.unparse(node) for node in runtime_imports(tree)] == [
+        "import fashion_mnist_mlp.cli",
+        "from fashion_mnist_mlp.config.paths import X",
+    ]
+
+
+OPTION_READERS = {
+    "optimizers": {"validate", "train", "swa", "export"},
+    "schedulers": {"validate", "train", "swa", "export"},
+    "losses": {"validate", "train", "swa", "evaluate", "export"},
+}
+"""The stages each option table is a dep of: those that read its options (evaluate: the loss,
+test.json's objective), and export, whose model card records the train section as the schema
+reads it, every option's block included."""
+
+
+@pytest.mark.parametrize("table", OPTION_READERS)
+def test_an_option_table_is_a_dep_of_the_stages_that_read_options_only(table: str) -> None:
+    """So an edit to an optimizer, a loss or a scheduler reruns only the stages it can affect:
+    the params models import the tables, never the other way round, and download and split
+    load only their own sections."""
+    path = str(module_file(f"{PACKAGE}.config.{table}").relative_to(ROOT))
+    assert {name for name, stage in STAGES.items() if path in stage["deps"]} == OPTION_READERS[
+        table
+    ]
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    """Not even for type hints: the option tables do not know the params models built from
+    them, so adding an option is its table entry and its params.yaml block."""
+    modules = [
+        str(path.relative_to(ROOT).with_suffix("")).replace("/", ".")
+        for path in sorted((ROOT / PACKAGE).rglob("*.py"))
+    ]
+    imports = {
+        module: {
+            imported
+            for node in ast.walk(ast.parse(module_file(module).read_text()))
+            if isinstance(node, ast.ImportFrom | ast.Import)
+            for imported in imported_modules(node)
+        }
+        - {module}
+        for module in modules
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join([*path, module])}"
+        if module not in done:
+            for imported in sorted(imports.get(module, ())):
+                visit(imported, [*path, module])
+            done.add(module)
+
+    for module in modules:
+        visit(module, [])
 
 
 def test_the_package_imports_itself_by_its_one_name() -> None:

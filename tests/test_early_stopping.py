@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from fashion_mnist_mlp.training.early_stopping import EarlyStoppingArgs, Watcher
+from fashion_mnist_mlp.config.train import EarlyStoppingArgs
+from fashion_mnist_mlp.training.early_stopping import Watcher
 
 from .conftest import error_of_params
 

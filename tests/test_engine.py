@@ -4,16 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fashion_mnist_mlp.cli import StageError
 from fashion_mnist_mlp.config.losses import build_loss
 from fashion_mnist_mlp.config.optimizers import build_optimizer
-from fashion_mnist_mlp.config.params import Augment, Params
+from fashion_mnist_mlp.config.params import Params
+from fashion_mnist_mlp.config.sections import Augment
 from fashion_mnist_mlp.training.data import Images
 from fashion_mnist_mlp.training.engine import (
-    EpochLog,
     augment,
     evaluate,
-    fit,
     seed_epoch,
     seed_everything,
     train_epoch,
@@ -110,18 +108,3 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_objective(
     assert params.train.losses.cross_entropy.label_smoothing > 0
     assert history[0].objective > history[0].loss
 
-
-def test_a_diverging_run_stops_with_the_epoch_and_the_lr_to_lower(
-    params: Params, small_data
-) -> None:
-    train, val = small_data
-    torch.manual_seed(0)
-    model = MLP(MLPConfig(hidden=(64,)))
-    opt = torch.optim.SGD(model.parameters(), lr=1e30)
-    log = EpochLog(None, "train", 3)
-    with pytest.raises(
-        StageError, match=r"train: the loss became (nan|inf) in epoch 1 .*\(train.lr\)"
-    ):
-        fit(model, train, val, build_loss(params.train), opt, log, epochs=3, batch_size=64,
-            seed=0, stage="train", lr_key="train.lr", augmentation=None)  # fmt: skip
-    assert len(log.history) == 1  # only the score before training was logged

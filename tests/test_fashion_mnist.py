@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from fashion_mnist_mlp.cli import StageError
 from fashion_mnist_mlp.config.paths import SPLIT_MANIFEST, TRAIN_DATA, TRAIN_MODEL, VAL_DATA
-from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.fashion_mnist import (
     RAW_FILES,
     TEST_SIZE,
@@ -185,5 +185,5 @@ def test_normalization_comes_from_the_training_split_alone(
     val = load_file(work.path / VAL_DATA)["images"]
     assert manifest == pixel_statistics(train)
     assert manifest != pixel_statistics(np.concatenate([train, val]))
-    model, _ = load_model(work.path / TRAIN_MODEL)
+    model, _ = load_checkpoint(work.path / TRAIN_MODEL)
     assert (model.config.pixel_mean, model.config.pixel_std) == (manifest["mean"], manifest["std"])

@@ -33,7 +33,8 @@ def pinned(numerics: str, before: str = "", train: str = "None", processes: int 
     code = textwrap.dedent(f"""
         import os, torch
         from fashion_mnist_mlp.training.numerics import pin
-        from fashion_mnist_mlp.config.params import Numerics, load_params
+        from fashion_mnist_mlp.config.params import load_params
+        from fashion_mnist_mlp.config.sections import Numerics
         {before}
         pin(Numerics.model_validate({numerics}), {processes}, {train})
         print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"),

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,9 +13,9 @@ from fashion_mnist_mlp.config.optimizers import (
     load_average,
 )
 from fashion_mnist_mlp.config.params import Params
-from fashion_mnist_mlp.config.schedulers import build_schedule
 from fashion_mnist_mlp.training.engine import step
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.schedule import build_schedule
 
 from .toolbox import losses_while_training, train_config
 
@@ -73,6 +75,22 @@ def test_rprop_says_that_schedulers_do_not_shape_it(params: Params) -> None:
     notes = train_config(params, optimizer="rprop", scheduler="cosine").unused_params()
     assert any("does not shape rprop's steps" in n for n in notes)
     assert train_config(params, optimizer="rprop", scheduler="none").unused_params() == []
+
+
+def test_the_note_on_torch_sqrt_comes_from_the_table(
+    params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numerics.cpu = portable notes the optimizers whose step takes torch.sqrt (their bytes
+    hold on one CPU model): what each table entry says, so a new entry needs nothing else."""
+    assert train_config(params, optimizer="adamw").sqrt_note is None
+    lbfgs = train_config(params, optimizer="lbfgs", **{"optimizers.lbfgs.line_search_fn": None})
+    assert lbfgs.sqrt_note is None
+    monkeypatch.setitem(OPTIMIZERS, "adamw", replace(OPTIMIZERS["adamw"], sqrt=True))
+    note = train_config(params, optimizer="adamw").sqrt_note
+    assert note.startswith("adamw's update takes torch.sqrt, whose MKL kernel rounds differently")
+    assert note.endswith(
+        "(sgd, adam, adamax, adagrad, asgd, rprop and lbfgs without line search are portable)"
+    )
 
 
 def test_lbfgs_evaluates_the_batch_several_times_per_step_with_the_same_dropout(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -9,9 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.config.params import OPTIMIZERS, Params, load_params, parse_params
+from fashion_mnist_mlp.config.loader import InvalidParams, load_sections, with_values
+from fashion_mnist_mlp.config.losses import LOSSES, TrainLoss
+from fashion_mnist_mlp.config.optimizers import OPTIMIZERS
+from fashion_mnist_mlp.config.params import Params, load_params, parse_params
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS
+from fashion_mnist_mlp.config.sections import Evaluate, Split
 
-from .conftest import COMMITTED_PARAMS
+from .conftest import COMMITTED_PARAMS, ROOT
 
 PROJECT_RAW = yaml.safe_load(COMMITTED_PARAMS)  # with_value copies it
 
@@ -22,13 +26,7 @@ def raw() -> dict:
 
 
 def with_value(raw: dict, dotted: str, value: object) -> dict:
-    raw = copy.deepcopy(raw)
-    *parents, last = dotted.split(".")
-    node = raw
-    for key in parents:
-        node = node[key]
-    node[last] = value
-    return raw
+    return with_values(raw, {dotted: value})
 
 
 def error_of(raw: object) -> str:
@@ -202,3 +200,40 @@ def test_sparseadam_is_refused_with_what_to_use_instead(raw: dict) -> None:
     message = error_of(with_value(raw, "train.optimizer", "sparseadam"))
     assert "train.optimizer = 'sparseadam': SparseAdam accepts only sparse gradients" in message
     assert "use adam or adamw" in message
+
+
+def written(tmp_path: Path, raw: dict) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "params.yaml"
+
+
+def test_a_stage_validates_the_sections_it_reads_as_the_whole_file_would(
+    tmp_path: Path, raw: dict
+) -> None:
+    """download, split and evaluate load their own sections only (the validate stage checks the
+    whole file before any of them runs): another section's mistake is not theirs, and theirs
+    reads as it does in the whole file."""
+    raw = with_values(raw, {"train.lr": -1.0, "train.optimizer": "adamx", "swa.epochs": -1})
+    sections = load_sections(written(tmp_path, raw), split=Split, train=TrainLoss)
+    assert sections.split.val_size == raw["split"]["val_size"]
+    assert sections.train.loss_args == parse_params(PROJECT_RAW).train.loss_args
+
+    raw = with_values(raw, {"split.val_size": 60_000, "train.loss": "hinge"})
+    with pytest.raises(InvalidParams) as e:
+        load_sections(written(tmp_path, raw), split=Split, evaluate=Evaluate, train=TrainLoss)
+    assert e.value.keys == ["split", "train.loss"]  # split: a check across its keys
+    for line in str(e.value).splitlines()[1:]:
+        assert line in error_of(raw)
+
+
+@pytest.mark.parametrize(
+    ("key", "table"),
+    [("optimizer", OPTIMIZERS), ("loss", LOSSES), ("scheduler", SCHEDULERS)],
+)
+def test_params_yaml_leaves_the_list_of_options_to_the_schema(key: str, table: dict) -> None:
+    """A list of a table's names in a comment goes stale when an option is added; the JSON
+    Schema that validate writes lists them for editors."""
+    lines = (ROOT / "params.yaml").read_text().splitlines()
+    line = next(line for line in lines if line.strip().startswith(f"{key}:"))
+    comment = line.partition("#")[2]
+    assert sum(name in comment.split() for name in table) <= 1, comment

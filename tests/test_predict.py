@@ -88,6 +88,11 @@ def as_i16_transparent(p: np.ndarray, bg: int) -> tuple[Image.Image, str, np.nda
     return image, ".png", p
 
 
+def as_i16_12bit(p: np.ndarray, bg: int) -> tuple[Image.Image, str, np.ndarray]:
+    """12-bit data unscaled in 16 bits, as a scientific camera writes it."""
+    return Image.fromarray(np.round(p * (4095 / 255)).astype(np.uint16)), ".png", p
+
+
 SAVERS: dict[str, Saver] = {
     "1": as_1,
     "L": lambda p, bg: (Image.fromarray(p), ".png", p),
@@ -99,10 +104,11 @@ SAVERS: dict[str, Saver] = {
     "CMYK-jpeg": as_cmyk,
     "I;16": lambda p, bg: (Image.fromarray(p.astype(np.uint16) * 257), ".png", p),
     "I;16-transparent": as_i16_transparent,
+    "I;16-12bit": as_i16_12bit,
+    "I;16-8bit": lambda p, bg: (Image.fromarray(p.astype(np.uint16)), ".png", p),  # unscaled
     "I": lambda p, bg: (Image.fromarray(p.astype(np.int32) * 257), ".tif", p),
     "F": lambda p, bg: (Image.fromarray(p.astype(np.float32) / 255), ".tif", p),
 }
-TRANSPARENT = {"LA", "P-transparent", "RGBA", "I;16-transparent"}
 LOSSY = {"RGB-jpeg", "CMYK-jpeg"}
 
 
@@ -162,22 +168,23 @@ def test_every_mode_and_orientation_reads_as_the_upright_8bit_greyscale_picture(
     on_white: bool,
 ) -> None:
     """A FashionMNIST test image, enlarged to width x height (predict resizes it back), light on
-    black or dark on white (a photo: auto-inverted), saved in `mode` under each orientation.
+    black or dark on white (a photo), saved in `mode` under each orientation: each reads, with
+    the default --invert auto, as the light-on-black picture saved as 8-bit upright greyscale.
 
-    A transparent background is the background: composited onto white and inverted with the
-    photo (--invert auto), onto black for the light-on-black picture (--invert no)."""
+    A transparent background is the background: black behind the light object, white behind
+    the dark one, which is then inverted with it."""
     upright = Image.fromarray(pictures[index]).resize((width, height), Image.Resampling.LANCZOS)
     background = 255 if on_white else 0
     picture = np.abs(background - np.asarray(upright).astype(np.int16)).astype(np.uint8)
     save = SAVERS[mode]
     _, suffix, shown = save(picture, background)
-    invert = "no" if mode in TRANSPARENT and not on_white else "auto"
-    want = read_image(saved(Image.fromarray(shown), folder / "want.png", 1), invert)
+    light_on_black = 255 - shown if on_white else shown
+    want = read_image(saved(Image.fromarray(light_on_black), folder / "want.png", 1))
 
     got = []
     for orientation, store in STORED.items():
         image = save(np.ascontiguousarray(store(picture)), background)[0]  # savers are pixelwise
-        got.append(read_image(saved(image, folder / f"{orientation}{suffix}", orientation), invert))
+        got.append(read_image(saved(image, folder / f"{orientation}{suffix}", orientation)))
     diffs = [round(float((g - want).abs().max()) * 255, 2) for g in got]
     assert max(diffs) < (8 if mode in LOSSY else 0.1), f"max |difference| x 255: {diffs}"
     classes = predict_logits(model, torch.stack([want, *got])).argmax(1).tolist()
@@ -211,3 +218,56 @@ def test_an_image_whose_exif_is_damaged_is_refused_as_of_unknown_orientation(
     Image.new("L", (40, 30)).save(path, exif=b"Exif\x00\x00not a TIFF header")
     with pytest.raises(StageError, match=r"damaged-exif\.png: its EXIF metadata is damaged"):
         read_image(path)
+
+
+def object_on_clear(grey: int, mode: str) -> Image.Image:
+    """A disc of one grey on a transparent background that hides the opposite colour (what a
+    reader that drops the transparency sees): with an antialiased edge in RGBA, a hard one in P
+    (its palette's index 0 marked transparent)."""
+    y, x = np.mgrid[:60, :60]
+    alpha = np.clip(20.5 - np.hypot(y - 29.5, x - 29.5), 0, 1)
+    if mode == "P":
+        image = Image.fromarray(np.where(alpha > 0.5, 1, 0).astype(np.uint8), "P")
+        image.putpalette([255 - grey] * 3 + [grey] * 3)
+        image.info["transparency"] = 0
+        return image
+    colour = np.where(alpha > 0, grey, 255 - grey).astype(np.uint8)
+    return Image.fromarray(np.dstack([rgb(colour), (alpha * 255).astype(np.uint8)]))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P"])
+@pytest.mark.parametrize(
+    ("grey", "invert", "kept"),
+    [
+        (230, "auto", True),  # a light object: on black, as it is
+        (50, "auto", False),  # a dark one: on white, inverted with it
+        (230, "no", True),
+        (50, "no", True),  # on black, as it is, however dim
+        (230, "yes", False),
+        (50, "yes", False),
+    ],
+)
+def test_an_object_on_a_transparent_background_ends_on_black(
+    folder: Path, mode: str, grey: int, invert: str, kept: bool
+) -> None:
+    path = folder / f"clear-{grey}.png"
+    object_on_clear(grey, mode).save(path)
+    pixels = read_image(path, invert)
+    centre = grey / 255 if kept else 1 - grey / 255
+    assert abs(float(pixels[14, 14]) - centre) < 1e-3 and float(pixels[0, 0]) == 0.0, pixels
+
+
+def test_12bit_data_in_a_16bit_file_is_read_as_12bit_with_a_note(
+    pictures: np.ndarray, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Divided by 65535, 0..4095 would be all but black; a dark 16-bit picture is read as it
+    is."""
+    picture = pictures[0]
+    want = read_image(saved(Image.fromarray(picture), folder / "8bit.png", 1))
+    got = read_image(saved(as_i16_12bit(picture, 0)[0], folder / "12bit.png", 1))
+    assert float((got - want).abs().max()) < 0.5 / 4095
+    note = capsys.readouterr().err
+    assert "12bit.png: note: 16-bit values up to 4095 only: read as 12-bit data" in note, note
+    dark = (picture.astype(np.uint16) * 257 // 8).astype(np.uint16)  # up to 8191 of 65535
+    got = read_image(saved(Image.fromarray(dark), folder / "dark.png", 1))
+    assert abs(float(got.max()) - float(dark.max()) / 65535) < 1e-3 and not capsys.readouterr().err

@@ -13,15 +13,11 @@ import torch
 from fashion_mnist_mlp.config.optimizers import build_optimizer
 from fashion_mnist_mlp.config.params import Params
 from fashion_mnist_mlp.config.paths import TRAIN_LIVE, TRAIN_MODEL
-from fashion_mnist_mlp.config.schedulers import (
-    SCHEDULERS,
-    CosineWarmRestarts,
-    Cyclic,
-    build_schedule,
-)
-from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.config.schedulers import SCHEDULERS, CosineWarmRestarts, Cyclic
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.engine import current_lr
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.schedule import build_schedule
 
 from .conftest import Workdir, error_of_params, run_in_process
 from .toolbox import losses_while_training, train_config
@@ -185,7 +181,7 @@ def test_cycling_momentum_needs_an_optimizer_with_momentum(raw_params: dict) -> 
     assert "'adagrad' has none" in error_of_params(raw_params, changes)
 
 
-# The start and end values the README documents, as a factor of the optimizer's lr, of a run of
+# The start and end values docs/toolbox.md documents, as a factor of the optimizer's lr, of a run of
 # EPOCHS scheduled epochs (after any warm-up) of STEPS batches, with the arguments ENDS sets
 EPOCHS, STEPS = 8, 5
 LAST_EPOCH, LAST_BATCH = EPOCHS - 1, EPOCHS * STEPS - 1
@@ -293,7 +289,7 @@ def test_a_trained_model_ends_at_the_schedules_end_value(
     run_in_process(work, "train")
     cfg = train_config(params, scheduler=name, **ENDS)
     end = DOCUMENTED[name](cfg.scheduler_args, cfg.learning_rate)[1] * cfg.learning_rate
-    _, info = load_model(work.path / TRAIN_MODEL)
+    _, info = load_checkpoint(work.path / TRAIN_MODEL)
     per_epoch = rows(work.path / TRAIN_LIVE / "plots" / "metrics" / "lr.tsv")
     per_batch = rows(work.path / TRAIN_LIVE / "lr_per_batch.csv")
     assert (int(per_epoch[-1]["step"]), len(per_batch)) == (3 + warmup, 4 * (3 + warmup))

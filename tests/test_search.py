@@ -1,8 +1,14 @@
 """The search's study: its sampler's seed per worker and per start, one space per study, and a
-storage password that no message shows."""
+storage password that no message shows; a trial's experiment stopped as Ctrl-C would stop it."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +17,7 @@ import yaml
 from fashion_mnist_mlp.cli import StageError
 from fashion_mnist_mlp.tools.search import open_study
 from fashion_mnist_mlp.tools.space import Space
+from fashion_mnist_mlp.tools.trial_runner import running, stop
 
 from .conftest import Workdir
 from .test_trials import PASSWORD, unreachable
@@ -72,3 +79,57 @@ def test_the_search_names_a_storage_it_cannot_open_without_its_password(
     assert not [
         f for f in tmp_path.rglob("*") if f.is_file() and PASSWORD.encode() in f.read_bytes()
     ]
+
+
+# a trial's process (as `dvc exp run`) and its child (as the stage), which says when it is ready;
+# each notes the Ctrl-C it gets
+TRIAL = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+try:
+    child.wait()
+except KeyboardInterrupt:
+    child.wait()
+    print("interrupted", flush=True)
+    sys.exit(130)
+"""
+STAGE = """
+import time
+print("ready", flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("stage interrupted", flush=True)
+"""
+DEAF = """
+import signal, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@contextlib.contextmanager
+def started(command: list[str], out: Path) -> Iterator[subprocess.Popen]:
+    """The command running in its own process group, once it has printed 'ready'."""
+    with out.open("w") as log, running(command, log, {}) as proc:
+        while "ready" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            time.sleep(0.05)
+        yield proc
+
+
+def test_stopping_a_trial_interrupts_its_whole_process_group_as_ctrl_c(tmp_path: Path) -> None:
+    out = tmp_path / "trial.log"
+    with started([sys.executable, "-c", TRIAL, STAGE], out) as proc:
+        stop(proc, grace_s=10)
+        assert proc.returncode == 130
+    assert out.read_text().splitlines() == ["ready", "stage interrupted", "interrupted"]
+
+
+def test_a_trial_that_ignores_ctrl_c_is_terminated_after_the_grace_period(tmp_path: Path) -> None:
+    with started([sys.executable, "-c", DEAF], tmp_path / "trial.log") as proc:
+        begun = time.monotonic()
+        stop(proc, grace_s=0.5)
+        assert proc.returncode == -signal.SIGTERM
+        assert time.monotonic() - begun < 5

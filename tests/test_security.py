@@ -18,15 +18,11 @@ import pytest
 from safetensors.torch import save_file
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.config.params import MAX_DEPTH, MAX_WIDTH
 from fashion_mnist_mlp.config.paths import EXPORT_WEIGHTS
-from fashion_mnist_mlp.training.checkpoints import (
-    ITEM_SIZES,
-    METADATA_KEY,
-    expected_tensors,
-    save_model,
-)
+from fashion_mnist_mlp.config.sections import MAX_DEPTH, MAX_WIDTH
+from fashion_mnist_mlp.training.checkpoints import save_model
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.model_files import ITEM_SIZES, METADATA_KEY, expected_tensors
 from fashion_mnist_mlp.training.versions import load_model
 
 from .conftest import ROOT, Workdir

@@ -11,7 +11,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.config.params import with_values
+from fashion_mnist_mlp.config.loader import with_values
 from fashion_mnist_mlp.tools.space import decode, load_space
 
 from .conftest import ROOT
@@ -239,3 +239,25 @@ def test_values_refused_together_are_named_by_their_keys_before_any_trial(
         ),
         params_file,
     )
+
+
+WARMUP_AND_SCHEDULER = {
+    "train.warmup_epochs": {"low": 0, "high": 5},
+    "train.scheduler": {"choices": ["cosine", "linear"]},
+}
+"""params.yaml's onecycle refuses any warmup, but no trial runs onecycle: every combination of
+these is valid."""
+
+
+def test_a_key_is_checked_beside_the_other_searched_keys_values_not_params_yamls(
+    tmp_path: Path, params_file: Path
+) -> None:
+    load_space(space_file(tmp_path, {**SPACE, "params": WARMUP_AND_SCHEDULER}), params_file)
+    with_onecycle = {**WARMUP_AND_SCHEDULER, "train.scheduler": {"choices": ["cosine", "onecycle"]}}
+    lines = refusal(tmp_path, params_file, with_onecycle).splitlines()[1:]
+    assert len(lines) == 1 and lines[0].startswith(  # both keys named, as a trial draws them
+        "  - train.scheduler = 'onecycle' with train.warmup_epochs = 5 is refused together: "
+    ), lines
+    assert "already starts low" in lines[0] and "narrow a range or drop a choice" in lines[0]
+    only_onecycle = {**WARMUP_AND_SCHEDULER, "train.scheduler": {"choices": ["onecycle"]}}
+    assert "train.warmup_epochs = 1 is refused: " in refusal(tmp_path, params_file, only_onecycle)

@@ -32,7 +32,7 @@ def work(tmp_path: Path) -> Workdir:
     return Workdir.with_project_params(tmp_path)
 
 
-# ---- params: every stage validates the whole file first; split is the cheapest to start ----
+# ---- params: a stage validates the sections it reads before any work (validate: all) ----
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,8 @@ def test_bad_params_are_refused_before_any_work(
     earlier = work.path / "data" / "split" / "train.safetensors"
     earlier.parent.mkdir(parents=True)
     earlier.write_bytes(b"an earlier output that must survive")
-    work.assert_refused("split", "params.yaml", *phrases)
+    reader = "split" if key.startswith("split.") else "train"  # train reads model's keys too
+    work.assert_refused(reader, "params.yaml", *phrases)
 
 
 def test_params_that_are_not_yaml_are_refused(work: Workdir) -> None:
@@ -176,7 +177,7 @@ def test_onnx_parity_failure_reports_the_largest_difference(work_with_models: Wo
 
 
 def test_stages_debug_shows_the_traceback(work: Workdir) -> None:
-    work.set("train.lr", -0.1)
+    work.set("split.val_size", 60_000)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STAGES_DEBUG": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "fashion_mnist_mlp.stages.split"],
@@ -186,7 +187,7 @@ def test_stages_debug_shows_the_traceback(work: Workdir) -> None:
         text=True,
     )
     assert result.returncode != 0
-    assert "Traceback" in result.stderr and "train.lr" in result.stderr
+    assert "Traceback" in result.stderr and "split.val_size" in result.stderr
 
 
 def test_params_changed_while_a_stage_ran_fail_it(
@@ -210,3 +211,35 @@ def test_params_changed_while_a_stage_ran_fail_it(
     assert "dvc queue start -j N" in message
     run_stage(lambda: None)  # unchanged: nothing to say
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("launcher", "command"),
+    [({}, "dvc checkout"), ({"UV_RUN_RECURSION_DEPTH": "1"}, "uv run dvc checkout")],
+    ids=["dvc on the shell's PATH", "uv run dvc"],
+)
+def test_the_way_back_is_a_command_the_users_shell_runs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    launcher: dict[str, str],
+    command: str,
+) -> None:
+    """A stage failing under a workspace `dvc exp run` ends with the way back. Started by `uv
+    run dvc ...` (uv marks its children with UV_RUN_RECURSION_DEPTH), the shell that typed it
+    has no `dvc` of its own: the command printed is `uv run dvc checkout` then."""
+    from fashion_mnist_mlp.cli import StageError, run_stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("UV_RUN_RECURSION_DEPTH", raising=False)  # make test runs under uv run
+    monkeypatch.delenv("STAGES_DEBUG", raising=False)
+    for name, value in {"DVC_STAGE": "export", "DVC_ROOT": str(tmp_path), **launcher}.items():
+        monkeypatch.setenv(name, value)
+
+    def main() -> None:
+        raise StageError("a problem")
+
+    with pytest.raises(SystemExit):
+        run_stage(main, check_params=False)
+    way_back = capsys.readouterr().err.strip().splitlines()[-1]
+    assert way_back.endswith(f": git checkout params.yaml dvc.lock && {command}"), way_back

@@ -14,7 +14,8 @@ from fashion_mnist_mlp.stages import swa as swa_stage
 from fashion_mnist_mlp.stages.swa import average_weights, recompute_batch_norm
 from fashion_mnist_mlp.training.checkpoints import RunKey
 from fashion_mnist_mlp.training.data import Images
-from fashion_mnist_mlp.training.engine import EpochLog, Stats, evaluate
+from fashion_mnist_mlp.training.engine import Stats, evaluate
+from fashion_mnist_mlp.training.epoch_log import EpochLog
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
 
 # the defaults' kind of network, small: dropout after each hidden layer, then BatchNorm after the

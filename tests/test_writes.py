@@ -126,8 +126,8 @@ class FileEvents:
 def test_atomic_path_flushes_the_file_before_its_rename_and_the_folder_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Power loss then leaves the old file or the new one, whole (README, "SIGKILL (or power
-    loss)"): the bytes are on the disk before the name points at them."""
+    """Power loss then leaves the old file or the new one, whole (docs/pipeline.md, "SIGKILL (or
+    power loss)"): the bytes are on the disk before the name points at them."""
     target = tmp_path.resolve() / "state.safetensors"
     recorder = FileEvents(monkeypatch)
     with atomic_path(target) as tmp:

@@ -6,11 +6,12 @@ import torch
 
 from fashion_mnist_mlp.config.losses import build_loss
 from fashion_mnist_mlp.config.optimizers import build_optimizer
-from fashion_mnist_mlp.config.params import Params, Train
-from fashion_mnist_mlp.config.schedulers import build_schedule
+from fashion_mnist_mlp.config.params import Params
+from fashion_mnist_mlp.config.train import Train
 from fashion_mnist_mlp.training.data import Images
 from fashion_mnist_mlp.training.engine import train_epoch
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
+from fashion_mnist_mlp.training.schedule import build_schedule
 
 
 def train_config(params: Params, **changes: object) -> Train:

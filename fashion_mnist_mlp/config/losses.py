@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from fashion_mnist_mlp.config.schema import Strict, UnitFloat
+from pydantic import ConfigDict
+
+from fashion_mnist_mlp.config.schema import Strict, UnitFloat, choice, chosen, family
 
 if TYPE_CHECKING:
     import torch
-
-    from fashion_mnist_mlp.config.params import Train
 
 LossFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
@@ -108,8 +108,32 @@ LOSSES: dict[str, type[LossArgs]] = {
 }
 """Adding a loss is an entry here and its block in params.yaml."""
 
+LossName = choice(LOSSES)
+Losses = family("Losses", LOSSES)
 
-def build_loss(cfg: Train) -> LossFn:
+
+class ChoosesLoss(Protocol):
+    """What names the loss: the train section, or evaluate's view of it (TrainLoss)."""
+
+    @property
+    def loss_args(self) -> LossArgs: ...
+
+
+class TrainLoss(Strict):
+    """The train section as evaluate reads it: the loss (test.json's `objective`) and its
+    block. The section's other keys are other stages' concern, checked by validate."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    loss: LossName
+    losses: Losses
+
+    @property
+    def loss_args(self) -> LossArgs:
+        return chosen(self.losses, self.loss)
+
+
+def build_loss(cfg: ChoosesLoss) -> LossFn:
     """The chosen recipe, on float32 logits: under bf16 autocast the linear layers give bf16,
     and softmax/log_softmax would then run in bf16 (errors near 0.02 in log-probabilities)."""
     loss = cfg.loss_args.build()

@@ -1,17 +1,18 @@
 """Every optimizer `train.optimizer` can name: one table entry each, name → its validated
-argument block (torch's own keyword arguments, plus its own lr) and its torch.optim class.
+argument block (torch's own keyword arguments, plus its own lr), its torch.optim class, and what
+numerics needs to know of it.
 
-Torch-free at import, like fashion_mnist_mlp/config/params.py, which builds the schema from this table; torch is
-imported when an optimizer is built.
+Torch-free at import, like the schema built from this table; torch is imported when an
+optimizer is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Protocol
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from fashion_mnist_mlp.config.schema import (
     NonNegativeFloat,
@@ -19,13 +20,14 @@ from fashion_mnist_mlp.config.schema import (
     PositiveInt,
     Strict,
     UnitFloat,
+    choice,
+    family,
+    not_refused,
 )
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.optim import Optimizer
-
-    from fashion_mnist_mlp.config.params import Train
 
 
 class OptimizerArgs(Strict):
@@ -148,18 +150,34 @@ class OptimizerKind:
     """The fastest torch offers on this class. Fused kernels are 2-3x faster per step on CPU
     than the per-tensor loop (bench/epoch_time.py); foreach batches the loop into multi-tensor
     kernels on CUDA and falls back to the loop on CPU. LBFGS has neither."""
+    sqrt: bool = False
+    """Its torch.optim update takes torch.sqrt, whose MKL kernel rounds differently on other CPU
+    models, so numerics.cpu = portable cannot make its bytes the same on every CPU (the fused
+    Adam, AdamW and Adagrad kernels take the exact instruction instead)."""
+
+    def build(
+        self, parameters: Iterable[nn.Parameter], args: OptimizerArgs, lr: float
+    ) -> Optimizer:
+        """This optimizer with the arguments `args`, at learning rate `lr`, in the fastest
+        implementation torch has for it."""
+        import torch
+
+        kwargs = args.torch_kwargs() | {"lr": lr}
+        if self.implementation is not None:
+            kwargs[self.implementation] = True
+        return getattr(torch.optim, self.torch_name)(parameters, **kwargs)
 
 
 OPTIMIZERS = {
     "sgd": OptimizerKind(Sgd, "SGD", "fused"),
     "adam": OptimizerKind(Adam, "Adam", "fused"),
     "adamw": OptimizerKind(Adam, "AdamW", "fused"),
-    "nadam": OptimizerKind(NAdam, "NAdam", "foreach"),
-    "radam": OptimizerKind(RAdam, "RAdam", "foreach"),
+    "nadam": OptimizerKind(NAdam, "NAdam", "foreach", sqrt=True),
+    "radam": OptimizerKind(RAdam, "RAdam", "foreach", sqrt=True),
     "adamax": OptimizerKind(Adam, "Adamax", "foreach"),
-    "rmsprop": OptimizerKind(RmsProp, "RMSprop", "foreach"),
+    "rmsprop": OptimizerKind(RmsProp, "RMSprop", "foreach", sqrt=True),
     "adagrad": OptimizerKind(Adagrad, "Adagrad", "fused"),
-    "adadelta": OptimizerKind(Adadelta, "Adadelta", "foreach"),
+    "adadelta": OptimizerKind(Adadelta, "Adadelta", "foreach", sqrt=True),
     "asgd": OptimizerKind(Asgd, "ASGD", "foreach"),
     "rprop": OptimizerKind(Rprop, "Rprop", "foreach"),
     "lbfgs": OptimizerKind(Lbfgs, "LBFGS", None),
@@ -171,17 +189,48 @@ REFUSED_OPTIMIZERS = {
     "or adamw (the same update on dense gradients)",
 }
 
+OptimizerName = Annotated[choice(OPTIMIZERS), BeforeValidator(not_refused(REFUSED_OPTIMIZERS))]
+Optimizers = family("Optimizers", {name: kind.args for name, kind in OPTIMIZERS.items()})
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: Train, lr: float) -> Optimizer:
-    """The optimizer `cfg` names, with its block's arguments, at learning rate `lr`, in the
-    fastest implementation torch has for it."""
-    import torch
 
-    kind = OPTIMIZERS[cfg.optimizer]
-    kwargs = cfg.optimizer_args.torch_kwargs() | {"lr": lr}
-    if kind.implementation is not None:
-        kwargs[kind.implementation] = True
-    return getattr(torch.optim, kind.torch_name)(params, **kwargs)
+class ChoosesOptimizer(Protocol):
+    """What names the optimizer and holds its block: the train section."""
+
+    @property
+    def optimizer(self) -> str: ...
+
+    @property
+    def optimizer_args(self) -> OptimizerArgs: ...
+
+
+def build_optimizer(
+    parameters: Iterable[nn.Parameter], cfg: ChoosesOptimizer, lr: float
+) -> Optimizer:
+    """The optimizer `cfg` names, with its block's arguments, at learning rate `lr`."""
+    return OPTIMIZERS[cfg.optimizer].build(parameters, cfg.optimizer_args, lr)
+
+
+LINE_SEARCH = "line_search_fn"
+"""LBFGS's argument that turns on its line search, which takes torch.sqrt."""
+
+
+def sqrt_note(cfg: ChoosesOptimizer) -> str | None:
+    """Why the bytes of a run with `cfg`'s optimizer hold on one CPU model only, even under
+    numerics.cpu = portable: a part of its step takes torch.sqrt. None where none does."""
+    line_search = getattr(cfg.optimizer_args, LINE_SEARCH, None)
+    if not OPTIMIZERS[cfg.optimizer].sqrt and line_search is None:
+        return None
+    what = "strong-Wolfe line search" if line_search else "update"  # strong_wolfe: its only one
+    portable = [
+        name + (" without line search" if LINE_SEARCH in kind.args.model_fields else "")
+        for name, kind in OPTIMIZERS.items()
+        if not kind.sqrt
+    ]
+    return (
+        f"{cfg.optimizer}'s {what} takes torch.sqrt, whose MKL kernel rounds differently on "
+        f"other CPU models: this run's bytes hold on this CPU model only "
+        f"({', '.join(portable[:-1])} and {portable[-1]} are portable)"
+    )
 
 
 def needs_closure(optimizer: Optimizer) -> bool:

@@ -34,6 +34,9 @@ TRAIN_RESOURCES = Path("metrics/resources/train.json")
 SWA_RESOURCES = Path("metrics/resources/swa.json")
 
 TEST_METRICS = Path("metrics/test.json")
+TEST_METRICS_KEYS = {"train": "trained_model", "swa": "swa_model"}
+"""Each model's entry in TEST_METRICS, by MODELS name: not `train`, which dvclive's metrics/train/
+uses for the training batches' scores, in the same `dvc exp show` table."""
 EVAL_PLOTS = Path("metrics/eval")
 
 EXPORT_DIR = Path("models/export")

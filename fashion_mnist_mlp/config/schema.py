@@ -1,14 +1,15 @@
-"""The building blocks of the params schema: a strict base model and the bounded field types
-every section uses. Torch-free, like fashion_mnist_mlp/config/params.py, so the download and split stages do not
-pay for importing it."""
+"""The building blocks of the params schema: a strict base model, the bounded field types every
+section uses, and the option families' blocks. Torch-free, so the download and split stages do
+not pay for importing it."""
 
 from __future__ import annotations
 
+import keyword
 import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, create_model
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -49,6 +50,24 @@ def not_refused(refused: dict[str, str]) -> Callable[[Any], Any]:
 def choice(table: dict[str, Any]) -> Any:
     """The names a family's table offers, as a Literal type (the schema's allowed values)."""
     return Literal[tuple(table)]
+
+
+def family(name: str, table: dict[str, type[BaseModel]]) -> type[Strict]:
+    """One block per option of a family (`train.optimizers.adamw`, ...), all required, so
+    params.yaml states every option's arguments and `-S train.optimizer=sgd` needs no others."""
+    fields = {field_name(key): (block, Field(alias=key)) for key, block in table.items()}
+    return create_model(name, __base__=Strict, **fields)
+
+
+def field_name(key: str) -> str:
+    """The attribute a params key is read by: `lambda` is a Python keyword, so its field is
+    `lambda_` (params.yaml and -S still say `lambda`)."""
+    return f"{key}_" if keyword.iskeyword(key) else key
+
+
+def chosen(blocks: BaseModel, name: str) -> Any:
+    """The block of option `name` in a family's `blocks`."""
+    return getattr(blocks, field_name(name))
 
 
 ValMetric = Literal["val/loss", "val/acc"]

@@ -16,8 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fashion_mnist_mlp.cli import StageError, run_stage
-from fashion_mnist_mlp.config.params import Download, load_params
+from fashion_mnist_mlp.config.loader import load_sections
 from fashion_mnist_mlp.config.paths import RAW_DIR
+from fashion_mnist_mlp.config.sections import Download
 from fashion_mnist_mlp.training.fashion_mnist import RAW_FILES, RawFile, decompress_verified
 from fashion_mnist_mlp.training.files import atomic_dir
 
@@ -75,7 +76,7 @@ def fetch(raw: RawFile, cfg: Download) -> bytes:
 
 
 def main() -> None:
-    cfg = load_params().download
+    cfg = load_sections(download=Download).download
     with atomic_dir(RAW_DIR) as staging:
         for raw in RAW_FILES.values():
             (staging / raw.name).write_bytes(fetch(raw, cfg))

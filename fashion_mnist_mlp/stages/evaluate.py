@@ -1,11 +1,12 @@
 """Stage 5: evaluate the trained and the SWA model on the untouched test set with torchmetrics.
 
-Writes metrics/test.json (per model: cross-entropy as `loss`, whatever the training loss, so
-runs with different losses compare; the training loss's own value as `objective`; accuracy,
-top-2 accuracy and macro F1; the calibration literature's names beside them: `nll`, the same
-number as `loss`, and the expected calibration error `ece`) and, under metrics/eval/, the data
-of the plots dvc.yaml declares: predictions for the confusion matrices, per-class precision and
-recall, the reliability diagram and a grid of misclassified test images per model.
+Writes metrics/test.json (per model, under `trained_model` and `swa_model`: cross-entropy as
+`loss`, whatever the training loss, so runs with different losses compare; the training loss's
+own value as `objective`; accuracy, top-2 accuracy and macro F1; the calibration literature's
+names beside them: `nll`, the same number as `loss`, and the expected calibration error `ece`)
+and, under metrics/eval/, the data of the plots dvc.yaml declares: predictions for the
+confusion matrices, per-class precision and recall, the reliability diagram and a grid of
+misclassified test images per model.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ from torchmetrics.functional.classification import (
 )
 
 from fashion_mnist_mlp.cli import run_stage
-from fashion_mnist_mlp.config.losses import LossFn, build_loss
-from fashion_mnist_mlp.config.params import load_params
-from fashion_mnist_mlp.config.paths import EVAL_PLOTS, MODELS, TEST_DATA, TEST_METRICS
+from fashion_mnist_mlp.config.loader import load_sections
+from fashion_mnist_mlp.config.losses import LossFn, TrainLoss, build_loss
+from fashion_mnist_mlp.config.paths import (
+    EVAL_PLOTS,
+    MODELS,
+    TEST_DATA,
+    TEST_METRICS,
+    TEST_METRICS_KEYS,
+)
+from fashion_mnist_mlp.config.sections import Evaluate, Numerics
 from fashion_mnist_mlp.training.calibration import calibration_error, reliability_rows
-from fashion_mnist_mlp.training.checkpoints import load_model
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.data import Images, load_split
 from fashion_mnist_mlp.training.fashion_mnist import CLASSES, IMAGE_SIDE
 from fashion_mnist_mlp.training.files import atomic_dir, write_csv, write_json
@@ -54,6 +62,21 @@ def summary_metrics(
         "ece": calibration_error(logits, labels),
     }
     return {name: round(value, 6) for name, value in values.items()}
+
+
+def objective_name(loss: str, args: dict[str, object]) -> str:
+    """The training loss as configured, e.g. `cross_entropy with label_smoothing 0.1`."""
+    spelled = ", ".join(f"{key} {value}" for key, value in args.items())
+    return f"{loss} with {spelled}" if spelled else loss
+
+
+def summary_line(model: str, scores: dict[str, float], objective: str) -> str:
+    """What evaluate prints per model: each number with what it measures."""
+    return (
+        f"{model}: test loss {scores['loss']:.4f} (cross-entropy), objective "
+        f"{scores['objective']:.4f} ({objective}), accuracy {scores['accuracy']:.4f}, "
+        f"f1_macro {scores['f1_macro']:.4f}, ECE {scores['ece']:.4f}"
+    )
 
 
 def per_class_rows(preds: torch.Tensor, labels: torch.Tensor) -> list[dict[str, object]]:
@@ -96,17 +119,19 @@ def draw_misclassified(
 
 
 def main() -> None:
-    params = load_params()
+    params = load_sections(numerics=Numerics, evaluate=Evaluate, train=TrainLoss)
     pin(params.numerics)
     cfg, objective = params.evaluate, build_loss(params.train)
+    named = objective_name(params.train.loss, params.train.loss_args.model_dump())
     test = load_split(TEST_DATA)
     results = {}
     with atomic_dir(EVAL_PLOTS) as staging:
         for name, path in MODELS.items():
-            model, _ = load_model(path)
+            model, _ = load_checkpoint(path)
             logits = predict_logits(model, test.images, cfg.batch_size)
             preds = logits.argmax(1)
-            results[name] = summary_metrics(logits, test.labels, objective)
+            key = TEST_METRICS_KEYS[name]
+            results[key] = summary_metrics(logits, test.labels, objective)
             write_csv(
                 staging / f"confusion_{name}.csv",
                 [
@@ -119,11 +144,7 @@ def main() -> None:
             draw_misclassified(
                 staging / f"misclassified_{name}.png", test, preds, cfg.misclassified_grid, name
             )
-            shown = {"cross-entropy": "loss", params.train.loss: "objective",
-                     "accuracy": "accuracy", "f1_macro": "f1_macro", "ECE": "ece"}  # fmt: skip
-            print(f"{name} model: test " + ", ".join(
-                f"{label} {results[name][key]:.4f}" for label, key in shown.items()
-            ))  # fmt: skip
+            print(summary_line(key, results[key], named))
         write_json(TEST_METRICS, results)
 
 

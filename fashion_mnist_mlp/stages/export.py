@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from fashion_mnist_mlp.cli import StageError, run_stage
-from fashion_mnist_mlp.config.params import Export, Params, load_params
+from fashion_mnist_mlp.config.params import Params, load_params
 from fashion_mnist_mlp.config.paths import (
     CALIBRATION_METRICS,
     EXPORT_CARD,
@@ -36,8 +36,9 @@ from fashion_mnist_mlp.config.paths import (
     TEST_METRICS,
     VAL_DATA,
 )
+from fashion_mnist_mlp.config.sections import Export
 from fashion_mnist_mlp.training.calibration import calibration_report
-from fashion_mnist_mlp.training.checkpoints import load_model, save_model
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint, save_model
 from fashion_mnist_mlp.training.data import Images, load_split
 from fashion_mnist_mlp.training.fashion_mnist import CLASSES, IMAGE_SIDE
 from fashion_mnist_mlp.training.files import (
@@ -252,7 +253,7 @@ def main() -> None:
     pin(params.numerics)
     cfg = params.export
     source = MODELS[cfg.model]
-    model, info = load_model(source)
+    model, info = load_checkpoint(source)
     test = load_split(TEST_DATA)
     images = test.images.unsqueeze(1)  # the ONNX input's shape
     logits = predict_logits(model, images)

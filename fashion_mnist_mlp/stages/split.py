@@ -7,8 +7,9 @@ safetensors, so later stages never decode the IDX files again.
 from __future__ import annotations
 
 from fashion_mnist_mlp.cli import run_stage
-from fashion_mnist_mlp.config.params import load_params
+from fashion_mnist_mlp.config.loader import load_sections
 from fashion_mnist_mlp.config.paths import RAW_DIR, SPLIT_MANIFEST, TEST_DATA, TRAIN_DATA, VAL_DATA
+from fashion_mnist_mlp.config.sections import Split
 from fashion_mnist_mlp.training.fashion_mnist import (
     RAW_FILES,
     class_counts,
@@ -21,7 +22,7 @@ from fashion_mnist_mlp.training.files import sha256_file, write_json
 
 
 def main() -> None:
-    cfg = load_params().split
+    cfg = load_sections(split=Split).split
     images, labels = read_images_and_labels(RAW_DIR, "train")
     if cfg.subset is not None and cfg.subset < len(labels):
         _, keep = stratified_split(labels, cfg.subset, cfg.seed)

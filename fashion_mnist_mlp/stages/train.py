@@ -13,12 +13,16 @@ With `train.nproc` > 1 the stage runs itself as that many DistributedDataParalle
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from fashion_mnist_mlp.cli import run_stage
 from fashion_mnist_mlp.config.losses import build_loss
 from fashion_mnist_mlp.config.optimizers import averaged_copy, build_optimizer, load_average
-from fashion_mnist_mlp.config.params import Params, Train
+from fashion_mnist_mlp.config.params import Params
 from fashion_mnist_mlp.config.paths import (
     SPLIT_MANIFEST,
     TRAIN_DATA,
@@ -28,7 +32,7 @@ from fashion_mnist_mlp.config.paths import (
     TRAIN_RESUME,
     VAL_DATA,
 )
-from fashion_mnist_mlp.config.schedulers import Schedule, build_schedule
+from fashion_mnist_mlp.config.train import Train
 from fashion_mnist_mlp.tools.trials import epoch_reporter
 from fashion_mnist_mlp.training.checkpoints import (
     RunKey,
@@ -47,19 +51,13 @@ from fashion_mnist_mlp.training.distributed import (
     wrap,
 )
 from fashion_mnist_mlp.training.early_stopping import Watcher
-from fashion_mnist_mlp.training.engine import (
-    EpochLog,
-    current_lr,
-    epoch_log,
-    fit,
-    require_same_run,
-    resume,
-    seed_everything,
-    steps_per_epoch,
-)
+from fashion_mnist_mlp.training.engine import current_lr, seed_everything, steps_per_epoch
+from fashion_mnist_mlp.training.epoch_log import EpochLog, epoch_log
+from fashion_mnist_mlp.training.loop import Loop, Run, fit, require_same_run, resume
 from fashion_mnist_mlp.training.model import MLP, MLPConfig
 from fashion_mnist_mlp.training.numerics import in_effect
 from fashion_mnist_mlp.training.revisions import recorded_init
+from fashion_mnist_mlp.training.schedule import Schedule, build_schedule
 from fashion_mnist_mlp.training.versions import warm_start
 
 
@@ -77,22 +75,11 @@ def train(params: Params, device: torch.device) -> None:
     init_commit = resolve_init(cfg, device)
     optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
     schedule = build_schedule(optimizer, cfg, steps_per_epoch(len(train_data), cfg.batch_size))
-    watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
     report = epoch_reporter() if is_main() else None  # to the search running this trial
 
     key = train_key(params, init_commit)
     require_same_run(key, device)
     resumed = resume(TRAIN_RESUME, key, model, optimizer, schedule, device)
-    kept = resumed.kept if resumed else None
-    done = resumed.epoch if resumed else 0
-    # the tagged model is a candidate for the best epoch; a random initialization is not
-    watches_epoch_0 = cfg.init is not None
-    if watcher is not None and resumed is not None:
-        for epoch, metrics in enumerate(resumed.history):
-            if epoch > 0 or watches_epoch_0:
-                watcher.improved(epoch, metrics)
-        if watcher.should_stop:  # the killed run had stopped early: train no further
-            done = cfg.epochs
     if init_commit is not None and resumed is None and is_main():
         # DDP copies rank 0's weights to every process when it wraps the model
         warm_start(model, init_commit, cfg.init)
@@ -102,62 +89,127 @@ def train(params: Params, device: torch.device) -> None:
         if init_commit is not None and resumed is None:
             print(f"train: starting from the exported model of {cfg.init} ({init_commit[:12]})")
     with epoch_log(TRAIN_LIVE, TRAIN_RESOURCES, "train", cfg.epochs) as log:
-        # what is validated, ranked and written: the model, or ASGD's average of its weights
-        averaged = averaged_copy(model, optimizer)
-        scored = averaged if averaged is not None else model
-
-        def average() -> None:
-            if averaged is not None:
-                load_average(averaged, model, optimizer)
-
+        run = TrainingRun(cfg, key, model, optimizer, schedule, log, report)
         wrapped = wrap(model, device)
-        average()  # after DDP's wrap, which gives every rank rank 0's (warm-started) weights
-
-        def last_lr() -> float:
-            """The lr the last batch used (the optimizer's may be one step ahead)."""
-            return schedule.trace[-1] if schedule.trace else current_lr(optimizer)
-
-        def validated(epoch: int, metrics: dict[str, float]) -> bool:
-            nonlocal kept
-            if report is not None:
-                report(epoch, metrics["val/acc"])
-            if epoch > 0:
-                schedule.after_epoch(metrics)
-            if watcher is None or (epoch == 0 and not watches_epoch_0):
-                return False
-            if watcher.improved(epoch, metrics) and cfg.keep == "best":
-                kept = {"weights": clone_weights(scored), "lr": last_lr()}
-            return watcher.should_stop
-
-        def save_state(epoch: int) -> None:
-            state = TrainingState(epoch, log.history, kept)
-            save_training_state(TRAIN_RESUME, key, state, model, optimizer, schedule)
-
+        run.load_average()  # after DDP's wrap: every rank has rank 0's (warm-started) weights
         if resumed is not None:
-            if is_main():
-                print(f"train: resuming after epoch {resumed.epoch} from {TRAIN_RESUME}")
-            log.replay(resumed.history)
-        last = fit(
-            wrapped, train_data, val_data, build_loss(cfg), optimizer, log,
-            epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, stage="train",
-            lr_key=f"train.lr, or train.optimizers.{cfg.optimizer}.lr", augmentation=cfg.augment,
-            bf16=cfg.bf16, after_step=schedule.after_batch, first_epoch=done + 1,
-            validated=validated, logged=save_state if is_main() else None,
-            after_epoch=average, scored=scored,
-        )  # fmt: skip
-        record_the_run(log, schedule, watcher, min(last, len(log.history) - 1))
+            run.resume_from(resumed, TRAIN_RESUME)
+        last = fit(wrapped, (train_data, val_data), training_loop(cfg), run)
+        run.record(last)
         if init_commit is not None:
             log.summarize(init_commit=init_commit)
-        final_lr = last_lr()
     if not is_main():
         return
-    if kept is not None:
-        scored.load_state_dict(kept["weights"])
-        final_lr = kept["lr"]
+    written, final_lr = run.result()
     started = {"init_commit": init_commit} if init_commit else {}
-    save_model(scored, TRAIN_MODEL, {"final_lr": final_lr, **started})
+    save_model(written, TRAIN_MODEL, {"final_lr": final_lr, **started})
     remove_training_state(TRAIN_RESUME)
-    print(f"wrote {TRAIN_MODEL}" + (f" (epoch {watcher.best_epoch}, the best)" if kept else ""))
+    best = f" (epoch {run.watcher.best_epoch}, the best)" if run.kept and run.watcher else ""
+    print(f"wrote {TRAIN_MODEL}{best}")
+
+
+def training_loop(cfg: Train) -> Loop:
+    return Loop(
+        build_loss(cfg), cfg.epochs, cfg.batch_size, cfg.seed, stage="train",
+        lr_key=f"train.lr, or train.optimizers.{cfg.optimizer}.lr", augmentation=cfg.augment,
+        bf16=cfg.bf16,
+    )  # fmt: skip
+
+
+class TrainingRun(Run):
+    """train's side of fit: the lr schedule's steps, ASGD's average of the weights, early
+    stopping and the best epoch's weights it keeps, the search's reports, and the state saved
+    after every epoch to resume from."""
+
+    def __init__(
+        self,
+        cfg: Train,
+        key: RunKey,
+        model: MLP,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        log: EpochLog,
+        report: Callable[[int, float], None] | None,
+    ) -> None:
+        # what is validated, ranked and written: the model, or ASGD's average of its weights
+        self.averaged = averaged_copy(model, optimizer)
+        super().__init__(optimizer, log, self.averaged if self.averaged is not None else model)
+        self.cfg, self.key, self.model, self.schedule, self.report = (
+            cfg, key, model, schedule, report
+        )  # fmt: skip
+        self.watcher = Watcher(cfg.early_stopping) if cfg.early_stopping is not None else None
+        # the tagged model is a candidate for the best epoch; a random initialization is not
+        self.watches_epoch_0 = cfg.init is not None
+        self.kept: dict[str, Any] | None = None
+        """The best epoch's weights and lr, with train.keep: best."""
+
+    def resume_from(self, state: TrainingState, path: Path) -> None:
+        super().resume_from(state, path)
+        self.kept = state.kept
+        if self.watcher is None:
+            return
+        for epoch, metrics in enumerate(state.history):
+            if epoch > 0 or self.watches_epoch_0:
+                self.watcher.improved(epoch, metrics)
+        if self.watcher.should_stop:  # the killed run had stopped early: train no further
+            self.first_epoch = self.cfg.epochs + 1
+
+    def load_average(self) -> None:
+        if self.averaged is not None:
+            load_average(self.averaged, self.model, self.optimizer)
+
+    def last_lr(self) -> float:
+        """The lr the last batch used (the optimizer's may be one step ahead)."""
+        return self.schedule.trace[-1] if self.schedule.trace else current_lr(self.optimizer)
+
+    def after_step(self) -> None:
+        self.schedule.after_batch()
+
+    def after_epoch(self) -> None:
+        self.load_average()
+
+    def validated(self, epoch: int, metrics: dict[str, float]) -> bool:
+        if self.report is not None:
+            self.report(epoch, metrics["val/acc"])
+        if epoch > 0:
+            self.schedule.after_epoch(metrics)
+        if self.watcher is None or (epoch == 0 and not self.watches_epoch_0):
+            return False
+        if self.watcher.improved(epoch, metrics) and self.cfg.keep == "best":
+            self.kept = {"weights": clone_weights(self.scored), "lr": self.last_lr()}
+        return self.watcher.should_stop
+
+    def logged(self, epoch: int) -> None:
+        if is_main():
+            state = TrainingState(epoch, self.log.history, self.kept)
+            save_training_state(TRAIN_RESUME, self.key, state, self.model, self.optimizer,
+                                self.schedule)  # fmt: skip
+
+    def record(self, last: int) -> None:
+        """Into metrics/train: the epoch training stopped at and the best one (metrics.json,
+        and a table the loss plot draws as markers), and the lr of every batch."""
+        history, watcher = self.log.history, self.watcher
+        last = min(last, len(history) - 1)
+        self.log.summarize(stopped_epoch=last)
+        markers = [{"step": last, "loss": history[last]["val/loss"], "event": "stopped"}]
+        if watcher is not None:
+            self.log.summarize(best_epoch=watcher.best_epoch)
+            best = watcher.best_epoch
+            markers.insert(0, {"step": best, "loss": history[best]["val/loss"], "event": "best"})
+        self.log.write_table("stop.csv", markers)
+        trace = self.schedule.trace
+        per_batch = len(trace) / max(1, last)
+        self.log.write_table(
+            "lr_per_batch.csv",
+            [{"epoch": round(i / per_batch, 4), "lr": lr} for i, lr in enumerate(trace)],
+        )
+
+    def result(self) -> tuple[torch.nn.Module, float]:
+        """The model to write and the lr its last batch used: the best epoch's, when kept."""
+        if self.kept is None:
+            return self.scored, self.last_lr()
+        self.scored.load_state_dict(self.kept["weights"])
+        return self.scored, self.kept["lr"]
 
 
 def resolve_init(cfg: Train, device: torch.device) -> str | None:
@@ -181,23 +233,6 @@ def announce(cfg: Train, images: int, device: torch.device) -> None:
 
 def clone_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def record_the_run(log: EpochLog, schedule: Schedule, watcher: Watcher | None, last: int) -> None:
-    """Into metrics/train: the epoch training stopped at and the best one (metrics.json, and a
-    table the loss plot draws as markers), and the lr of every batch."""
-    log.summarize(stopped_epoch=last)
-    markers = [{"step": last, "loss": log.history[last]["val/loss"], "event": "stopped"}]
-    if watcher is not None:
-        log.summarize(best_epoch=watcher.best_epoch)
-        best = watcher.best_epoch
-        markers.insert(0, {"step": best, "loss": log.history[best]["val/loss"], "event": "best"})
-    log.write_table("stop.csv", markers)
-    per_batch = len(schedule.trace) / max(1, last)
-    log.write_table(
-        "lr_per_batch.csv",
-        [{"epoch": round(i / per_batch, 4), "lr": lr} for i, lr in enumerate(schedule.trace)],
-    )
 
 
 def train_key(params: Params, init_commit: str | None = None) -> RunKey:

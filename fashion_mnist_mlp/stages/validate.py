@@ -25,13 +25,15 @@ from pathlib import Path
 import yaml
 
 from fashion_mnist_mlp.cli import StageError, run_stage
-from fashion_mnist_mlp.config.params import InvalidParams, Params, Train, load_params
+from fashion_mnist_mlp.config.loader import InvalidParams
+from fashion_mnist_mlp.config.params import Params, load_params
 from fashion_mnist_mlp.config.paths import (
     PARAMS_SCHEMA,
     RESUME_PARAMS_KEY,
     RESUME_SECTIONS,
     TRAIN_INIT,
 )
+from fashion_mnist_mlp.config.train import Train
 from fashion_mnist_mlp.training.files import (
     PARTIAL_SUFFIX,
     atomic_path,

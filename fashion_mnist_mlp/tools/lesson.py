@@ -5,7 +5,7 @@ The lesson trains the 784-512-512-10 MLP for 10 epochs with plain SGD (lr 1e-3, 
 no weight decay), batch 64 and `nn.CrossEntropyLoss()`, on ToTensor's [0, 1] pixels, with no
 schedule, dropout, BatchNorm, augmentation, averaging or calibration. `STEPS` start there and
 add one of the default's choices each, so the last step is the default itself; `make ablation`
-(bench/ablation.py) runs them and writes the README's table.
+(bench/ablation.py) runs them and writes docs/benchmarks.md's table.
 
     python -m fashion_mnist_mlp.tools.lesson [dvc exp run options]    # make lesson: the lesson as experiment 'lesson'
 """

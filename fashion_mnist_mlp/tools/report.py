@@ -125,7 +125,7 @@ def slug(text: str) -> str:
 def search_summary(images: Path, link: str) -> str:
     import optuna
 
-    from fashion_mnist_mlp.tools.search import summary, write_plots
+    from fashion_mnist_mlp.tools.study_summary import summary, write_plots
     from fashion_mnist_mlp.tools.trials import connect
 
     storage = connect(f"sqlite:///{STUDY.resolve()}")

@@ -7,33 +7,29 @@ Each trial: the study asks for values in the search space, `dvc exp run --temp -
 <study>-<number> -S key=value ...` runs the pipeline on them in a temporary copy of the
 workspace (yours is untouched, and several workers run side by side), and the trial's value is
 the validation accuracy of the model export writes (metrics/calibration.json:
-validation.accuracy), never a test score. While train runs it reports each epoch's validation
-accuracy (fashion_mnist_mlp/tools/trials.py); the pruner interrupts a trial that trails the others at the same
-epoch, and an interrupted trial leaves no experiment. Trials that finish are experiments like
-any other: `dvc exp show`, `dvc exp apply <study>-<number>`.
+validation.accuracy), never a test score (fashion_mnist_mlp/tools/trial_runner.py). While train
+runs it reports each epoch's validation accuracy (fashion_mnist_mlp/tools/trials.py); the
+pruner interrupts a trial that trails the others at the same epoch, and an interrupted trial
+leaves no experiment. Trials that finish are experiments like any other: `dvc exp show`,
+`dvc exp apply <study>-<number>`.
 
 The space is checked before the first trial (fashion_mnist_mlp/tools/space.py); values it could not try (inside
 its ranges) that params.yaml refuses end their trial as pruned before it runs, with the reason in
 its log: not a failure, as the study asked for them.
 
 The study lives in any SQLAlchemy URL (`--storage`): SQLite in search/ by default, PostgreSQL
-for workers on several machines (README, Search); messages show its password masked. `--plots
+for workers on several machines (docs/search.md); messages show its password masked. `--plots
 DIR` draws the study's history and parameter importances as PNGs and runs nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +37,16 @@ import optuna
 from optuna.trial import Trial, TrialState
 
 from fashion_mnist_mlp.cli import StageError, file_digest, run_stage
-from fashion_mnist_mlp.config.params import read_raw_params
-from fashion_mnist_mlp.config.paths import CALIBRATION_METRICS, PARAMS_FILE
+from fashion_mnist_mlp.config.loader import read_raw_params
+from fashion_mnist_mlp.config.paths import PARAMS_FILE
 from fashion_mnist_mlp.tools.space import SPACE_FILE, Space, decode, load_space, refusal
-from fashion_mnist_mlp.tools.trials import connect, masked, storage_errors, trial_env
-from fashion_mnist_mlp.training.files import atomic_path
+from fashion_mnist_mlp.tools.study_summary import shown, summary, write_plots
+from fashion_mnist_mlp.tools.trial_runner import run_trial
+from fashion_mnist_mlp.tools.trials import connect, masked, storage_errors
 
 SEARCH_DIR = Path("search")
 DEFAULT_STORAGE = SEARCH_DIR / "study.db"
 LOG_DIR = SEARCH_DIR / "logs"  # each trial's `dvc exp run` output
-POLL_S = 1.0
 MAX_FAILURES_IN_A_ROW = 3
 ASKED = tuple(s for s in TrialState if s != TrialState.WAITING)
 """A trial enqueued (study.enqueue_trial) counts once a worker asks for it: --trials runs it."""
@@ -114,13 +110,6 @@ def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -210,7 +199,7 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
             continue  # the study asked for these values: no failure, the count goes on as it was
         trial.set_user_attr("experiment", name)
         try:
-            state, value = run_trial(trial, name, values, storage)
+            state, value = run_trial(trial, name, values, storage, LOG_DIR / f"{name}.log")
         except BaseException:  # Ctrl-C, or the study's storage went away: not a running trial
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -256,157 +245,6 @@ def stable_baseline(tries: int = 10) -> tuple[str | None, str]:
 def workspace_baseline() -> tuple[str | None, str]:
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     return file_digest(PARAMS_FILE), head.stdout.strip()
-
-
-def run_trial(
-    trial: Trial, name: str, values: dict[str, Any], storage: str
-) -> tuple[TrialState, float | None]:
-    """Run the trial's experiment, pruning it when the study says so; its state and value."""
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    log = LOG_DIR / f"{name}.log"
-    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
-    for key, value in values.items():
-        command += ["-S", f"{key}={json.dumps(value)}"]
-    pruned_after = None
-    with log.open("w") as out, running(command, out, trial_env(storage, trial._trial_id)) as proc:
-        reported = 0
-        while proc.poll() is None:
-            time.sleep(POLL_S)
-            # as the stage reported it: `trial` itself knows only what this process reported
-            frozen = trial.study._storage.get_trial(trial._trial_id)
-            epochs = frozen.intermediate_values
-            for epoch in sorted(epochs)[reported:]:
-                print(
-                    f"search: trial {trial.number}: epoch {epoch} val acc {epochs[epoch]:.4f}",
-                    flush=True,
-                )
-            # judged when an epoch arrives only: after train, the others' medians move on
-            new_epoch, reported = len(epochs) > reported, len(epochs)
-            if new_epoch and trial.study.pruner.prune(trial.study, frozen):
-                pruned_after = max(epochs)
-                stop(proc)  # as Ctrl-C: the stage writes nothing, DVC saves no experiment
-    if pruned_after is not None and proc.returncode != 0:
-        print(f"search: trial {trial.number}: pruned after epoch {pruned_after} (val acc "
-              f"{epochs[pruned_after]:.4f} trails the study's median)", flush=True)  # fmt: skip
-        return TrialState.PRUNED, None
-    text = log.read_text()
-    if proc.returncode != 0:
-        if "conflicts with existing experiment" in text:
-            raise StageError(
-                f"an experiment named {name} exists already (from an earlier study named "
-                f"{trial.study.study_name!r} whose storage is gone?): start a new study "
-                f"(--study NEW), or remove those experiments (dvc exp remove)"
-            )
-        tail = "".join(text.splitlines(keepends=True)[-5:])
-        print(
-            f"search: trial {trial.number} failed (exit {proc.returncode}); {log}:\n{tail}",
-            flush=True,
-        )
-        return TrialState.FAIL, None
-    try:
-        return TrialState.COMPLETE, objective(name)
-    except Exception as e:  # an experiment without the metric: this trial failed, not the search
-        print(f"search: trial {trial.number}: no objective in {name} ({e})", flush=True)
-        return TrialState.FAIL, None
-
-
-@contextlib.contextmanager
-def running(command: list[str], out: Any, env: dict[str, str]) -> Iterator[subprocess.Popen]:
-    """The command in its own process group, stopped (and waited for) if this worker is."""
-    proc = subprocess.Popen(
-        command,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **env},
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            stop(proc)
-
-
-def stop(proc: subprocess.Popen, grace_s: float = 60) -> None:
-    """SIGINT to the trial's process group, as Ctrl-C (DVC and the stage clean up); SIGTERM if
-    it has not ended after `grace_s`, SIGKILL after as long again."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def objective(experiment: str) -> float:
-    """The validation accuracy of the model the experiment exported."""
-    import dvc.api
-
-    metrics = json.loads(dvc.api.read(str(CALIBRATION_METRICS), repo=".", rev=experiment))
-    return float(metrics["validation"]["accuracy"])
-
-
-def summary(study: optuna.study.Study) -> list[str]:
-    """The study's trial counts and its best trial, with how to reach it."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in TrialState if s in states)
-    lines = [f"study {study.study_name!r}: {len(states)} trials ({counts or 'none'})"]
-    if TrialState.COMPLETE in states:
-        best = study.best_trial
-        name = best.user_attrs.get("experiment", f"{study.study_name}-{best.number}")
-        lines.append(
-            f"best: trial {best.number}, experiment {name}, validation accuracy "
-            f"{best.value:.4f}: {shown(decode(best.params))} (dvc exp apply {name})"
-        )
-    return lines
-
-
-def shown(values: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
-    )
-
-
-def write_plots(study: optuna.study.Study, directory: Path) -> list[Path]:
-    """The optimization history and the parameter importances, as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.importance import PedAnovaImportanceEvaluator
-    from optuna.visualization import matplotlib as plots
-
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    drawings = {}
-    if done:
-        drawings["optimization_history.png"] = lambda: plots.plot_optimization_history(study)
-    if len(done) >= 2:
-        drawings["param_importances.png"] = lambda: plots.plot_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator()
-        )
-    for file, draw in drawings.items():
-        with warnings_quiet():
-            axes = draw()
-        axes.figure.set_size_inches(9, 5)  # room for the long params.yaml keys and the title
-        axes.figure.tight_layout()
-        with atomic_path(directory / file) as staging:
-            axes.figure.savefig(staging, dpi=100, format="png")
-        plt.close(axes.figure)
-        written.append(directory / file)
-    return written
-
-
-@contextlib.contextmanager
-def warnings_quiet() -> Iterator[None]:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 if __name__ == "__main__":

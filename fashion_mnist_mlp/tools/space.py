@@ -1,15 +1,16 @@
-"""The search space of `fashion_mnist_mlp.tools.search` (search/space.yaml): ranges and choices over params.yaml
-keys, checked against the params schema before any trial runs.
+"""The search space of `fashion_mnist_mlp.tools.search` (search/space.yaml): ranges and choices
+over params.yaml keys, checked against the params schema before any trial runs.
 
 Each key is a dotted params.yaml key (`train.lr`, `model.dropout`). A range is `{low, high}`
 (ints draw ints; `log: true` draws on a log scale; `step` spaces the values), a choice is
 `{choices: [...]}`. Every choice, and up to 50 values across each range (both ends included),
-must be ones params.yaml accepts where the key stands, and so must the keys' values together:
-every combination of the ranges' ends and the choices (every pair of keys, the others at their
-first value, where the combinations are too many), so that `train.epochs` from 5 with
-`train.scheduler: step` is refused before the first trial. A combination inside the ranges that
-params.yaml still refuses is pruned before it runs (fashion_mnist_mlp/tools/search.py): a trial never fails for
-values the study asked for.
+must be ones params.yaml accepts where the key stands, beside some combination of the other
+searched keys' ends and choices (a trial holds those at its own values, never at params.yaml's),
+and so must the keys' values together: every combination of the ranges' ends and the choices
+(every pair of keys, the others at their first value, where the combinations are too many), so
+that `train.epochs` from 5 with `train.scheduler: step` is refused before the first trial. A
+combination inside the ranges that params.yaml still refuses is pruned before it runs
+(fashion_mnist_mlp/tools/search.py): a trial never fails for values the study asked for.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from optuna.distributions import (
 from pydantic import Discriminator, Field, Tag, ValidationError, model_validator
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.config.params import parse_params, read_raw_params, with_values
+from fashion_mnist_mlp.config.loader import read_raw_params, with_values
+from fashion_mnist_mlp.config.params import parse_params
 from fashion_mnist_mlp.config.paths import PARAMS_FILE
 from fashion_mnist_mlp.config.schema import Seed, Strict
 
@@ -160,7 +162,7 @@ def load_space(path: Path = SPACE_FILE, params_file: Path = PARAMS_FILE) -> Spac
     """Read `path` and check every key and value against `params_file`; any problem stops here
     with one message per key."""
     if not path.exists():
-        raise StageError(f"{path} not found: give a search space with --space (README, Search)")
+        raise StageError(f"{path} not found: give a search space with --space (docs/search.md)")
     base = read_raw_params(params_file)
     raw = read_raw_params(path)
     try:
@@ -224,12 +226,25 @@ def _check_key(key: str, dim: Range | Choices, space: Space, base: dict) -> list
     if key.startswith("split."):
         return [f"{key}: the split decides the validation set the trials are scored on; "
                 "trials with another split would not compare (set it in params.yaml)"]  # fmt: skip
+    others = {k: d.ends() for k, d in space.params.items() if k != key}
     problems = []
     for value in dim.samples():
-        if (reason := refusal(base, {key: value})) is not None:
+        if (reason := _refusal_beside(base, {key: value}, others)) is not None:
             problems.append(f"{key} = {value!r} is refused: {reason}")
             break  # one value tells what is wrong
     return problems + _no_effect(key, space, base)
+
+
+def _refusal_beside(base: dict, values: dict[str, Any], others: dict[str, list[Any]]) -> str | None:
+    """Why `values` are refused beside every combination of the other searched keys' ends and
+    choices (the first combination's reason), or None if some combination takes them: a trial
+    never holds the other keys at params.yaml's values, only at their own."""
+    first = None
+    for combination in _combinations(others):
+        if (reason := refusal(base, {**combination, **values})) is None:
+            return None
+        first = first or reason
+    return first
 
 
 def refusal(base: dict, values: dict[str, Any]) -> str | None:
@@ -245,12 +260,13 @@ def refusal(base: dict, values: dict[str, Any]) -> str | None:
 def _check_combinations(space: Space, base: dict) -> list[str]:
     """Values each valid alone that params.yaml refuses together, each conflict once, named by
     the fewest keys that make it."""
+    ends = {k: dim.ends() for k, dim in space.params.items()}
     conflicts: list[dict[str, Any]] = []
-    for combination in _combinations({k: dim.ends() for k, dim in space.params.items()}):
+    for combination in _combinations(ends):
         if any(c.items() <= combination.items() for c in conflicts):
             continue  # a known conflict again, beside other values
         if refusal(base, combination) is not None:
-            conflicts.append(_fewest_keys(base, combination))
+            conflicts.append(_fewest_keys(base, combination, ends))
     return [
         f"{' with '.join(f'{k} = {v!r}' for k, v in c.items())} is refused together: "
         f"{refusal(base, c)}; narrow a range or drop a choice so that no trial draws them"
@@ -259,9 +275,10 @@ def _check_combinations(space: Space, base: dict) -> list[str]:
 
 
 def _combinations(values: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
-    """Every combination of the keys' values, or, past MAX_COMBINATIONS, every combination of
-    each pair of keys with the others at their first value."""
-    if math.prod(len(v) for v in values.values()) <= MAX_COMBINATIONS:
+    """Every combination of the keys' values (one, empty, for no key), or, past
+    MAX_COMBINATIONS, every combination of each pair of keys with the others at their first
+    value."""
+    if len(values) < 2 or math.prod(len(v) for v in values.values()) <= MAX_COMBINATIONS:
         for chosen in itertools.product(*values.values()):
             yield dict(zip(values, chosen, strict=True))
         return
@@ -271,13 +288,17 @@ def _combinations(values: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
             yield {**first, a: chosen_a, b: chosen_b}
 
 
-def _fewest_keys(base: dict, combination: dict[str, Any]) -> dict[str, Any]:
-    """The refused combination without each key (back to params.yaml's value) that it is
-    refused without as well: what remains all take part in the conflict."""
+def _fewest_keys(
+    base: dict, combination: dict[str, Any], ends: dict[str, list[Any]]
+) -> dict[str, Any]:
+    """The refused combination without each key that takes no part: one it is refused with at
+    every value the key takes here (its ends and choices, and params.yaml's, where a dropped key
+    goes back to). What remains all take part in the conflict."""
     kept = dict(combination)
     for key in combination:
         fewer = {k: v for k, v in kept.items() if k != key}
-        if refusal(base, fewer) is not None:
+        values = [{}, *({key: v} for v in ends[key])]
+        if all(refusal(base, {**fewer, **value}) is not None for value in values):
             kept = fewer
     return kept
 

@@ -1,12 +1,13 @@
 """A search trial's side of the train stage: each epoch's validation accuracy goes to the
-Optuna study whose worker started the run (fashion_mnist_mlp/tools/search.py), so that its pruner can stop a
-trial that trails the others. Outside a search (no STAGES_TRIAL) nothing is reported.
+Optuna study whose worker started the run (fashion_mnist_mlp/tools/search.py), so that its
+pruner can stop a trial that trails the others. Outside a search (no STAGES_TRIAL) nothing is
+reported.
 
 The stage decides nothing here: the worker interrupts a pruned run as Ctrl-C would, so a
 pruned trial writes no output, and one that finishes has the bytes it would have had anyway.
 
 The storage URL may hold a password (postgresql://user:password@host/db): every message that
-names the storage shows it masked (`masked`, `hidden`), as SQLAlchemy renders URLs.
+names the storage shows it masked (`masked`, `hidden`).
 """
 
 from __future__ import annotations
@@ -133,45 +134,84 @@ def storage_errors(url: str) -> Iterator[None]:
         ) from None
 
 
-_USERINFO = re.compile(r"^((?:[^:/]*://)?[^:/]*:)([^@]*)@")
-"""scheme://user:password@...: the password as SQLAlchemy reads it (up to the first '@')."""
-_QUERY_PASSWORD = re.compile(r"[?&]password=([^&]*)", re.IGNORECASE)
+SECRET_NAME = re.compile("pass|secret|token|key", re.IGNORECASE)
+"""A query parameter whose name says it holds a secret (password, sslpassword, api_key, ...)."""
+MIN_MASKED = 4
+"""A shorter password is not looked for in free text: replacing "1" turns 10.0.0.1 into
+***0.0.0.*** and shows where it stands."""
 
 
 def masked(url: str) -> str:
-    """The URL as it may be shown: its password as ***, as SQLAlchemy renders it, or for a URL
-    SQLAlchemy cannot read, whatever stands between the user's ':' and '@'."""
-    from sqlalchemy.engine import make_url
-
-    if not _secrets(url):
-        return url  # as given: SQLAlchemy would percent-encode a path's '@'
-    try:
-        shown = make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy reads: it may hold a password all the same
-        shown = _USERINFO.sub(r"\1***@", url)
-    return _without_secrets(shown, url)
+    """The URL as it may be shown: each password (the user's, each secret query parameter's)
+    as ***, found by its position; everything else as written."""
+    shown, end = [], 0
+    for start, stop in _secret_spans(url):
+        shown += [url[end:start], "***"]
+        end = stop
+    return "".join([*shown, url[end:]])
 
 
 def hidden(text: str, url: str) -> str:
-    """`text` (a message, a log line) with the URL masked and its password as ***, wherever
-    either shows."""
-    return _without_secrets(text.replace(url, masked(url)), url)
+    """`text` (a message, a log line) with the URL masked and its passwords as ***, wherever
+    they show. Where a password is too short to be told from the rest of the text, the text is
+    not shown at all."""
+    parts = text.split(url)
+    secrets = sorted(_secrets(url), key=len, reverse=True)  # "a%40b" before "a"
+    if any(s in part for s in secrets if len(s) < MIN_MASKED for part in parts):
+        return (
+            f"the message from {masked(url)} is not shown: it may quote the password, which is "
+            f"under {MIN_MASKED} characters and cannot be masked in free text; use a longer "
+            "password (percent-encoded if it holds '@', '/', '?', '#' or '%'), or read the "
+            "database server's log"
+        )
+    for secret in secrets:
+        parts = [part.replace(secret, "***") for part in parts]
+    return masked(url).join(parts)
 
 
-def _without_secrets(text: str, url: str) -> str:
-    for secret in sorted(_secrets(url), key=len, reverse=True):  # "a%40b" before "a"
-        text = text.replace(secret, "***")
-    return text
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where the URL's passwords stand, in order, overlaps merged."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted([*_password_span(url), *_query_spans(url)]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _password_span(url: str) -> list[tuple[int, int]]:
+    """scheme://user:password@host: the password runs from the user's ':' to the last '@'
+    before the host's '/', '?' or '#' ('p@ss' is one password), or further, to the first '@',
+    where SQLAlchemy reads a '/', '?' or '#' into it ('pa/ss@host' is read as pa/ss)."""
+    authority = url.find("://") + 3
+    colon = url.find(":", authority)
+    if authority < 3 or colon < 0 or any(c in url[authority:colon] for c in "/?#@"):
+        return []  # no '//', or no user: before the host (sqlite:////tmp/a@b.db)
+    host_end = min([i for c in "/?#" if (i := url.find(c, authority)) >= 0] or [len(url)])
+    last_at = max(url.rfind("@", colon, host_end), url.find("@", colon))
+    return [(colon + 1, last_at)] if last_at > colon else []
+
+
+def _query_spans(url: str) -> list[tuple[int, int]]:
+    """The value of each ?name=value or &name=value whose name says secret; looked for after
+    every '?' and '&', as a password holding one may shift where the query starts."""
+    return [
+        (m.start(2), m.end(2))
+        for m in re.finditer(r"(?=[?&]([^=&]*)=([^&]*))", url)
+        if SECRET_NAME.search(m.group(1))
+    ]
 
 
 def _secrets(url: str) -> set[str]:
-    """The URL's passwords (after the user, or ?password=), as written and as decoded."""
-    from sqlalchemy.engine import make_url
+    """The URL's passwords as written, decoded and as SQLAlchemy renders them, and the pieces of
+    one around its '@' (SQLAlchemy reads up to the first '@' as the password, the rest as host)."""
+    spans = [*_password_span(url), *_query_spans(url)]
+    pieces = {p for start, stop in spans for p in (url[start:stop], *url[start:stop].split("@"))}
+    decoded = {f(p) for p in pieces for f in (urllib.parse.unquote, urllib.parse.unquote_plus)}
+    rendered = {f(d) for d in decoded for f in (_quote, urllib.parse.quote_plus)}
+    return {s for s in pieces | decoded | rendered if s}
 
-    with contextlib.suppress(Exception):
-        if make_url(url).password is None and not _QUERY_PASSWORD.search(url):
-            return set()  # e.g. sqlite:///a@b.db: nothing secret, nothing to mask
-    written = set(_QUERY_PASSWORD.findall(url))
-    if match := _USERINFO.match(url):
-        written.add(match.group(2))
-    return {s for w in written for s in (w, urllib.parse.unquote(w)) if s}
+
+def _quote(text: str) -> str:
+    return urllib.parse.quote(text, safe=" +")  # as SQLAlchemy's URL.render_as_string

@@ -1,4 +1,5 @@
-"""Early stopping on a validation metric, and which epoch's weights a run keeps.
+"""Early stopping on a validation metric (train.early_stopping, whose block
+fashion_mnist_mlp/config/train.py validates), and which epoch's weights a run keeps.
 
 The decision is a function of the logged validation history alone, so a resumed run replays
 it from the log and stops where an uninterrupted run would. Torch-free at import.
@@ -6,24 +7,10 @@ it from the log and stops where an uninterrupted run would. Torch-free at import
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
-
-from fashion_mnist_mlp.config.schema import Mode, NonNegativeFloat, Strict, ValMetric, check_mode
-
-
-class EarlyStoppingArgs(Strict):
-    metric: ValMetric
-    mode: Mode
-    patience: Annotated[int, Field(ge=1)]
-    """Epochs without an improvement of more than `min_delta` before training stops."""
-    min_delta: NonNegativeFloat
-
-    @model_validator(mode="after")
-    def _mode_fits_metric(self) -> EarlyStoppingArgs:
-        check_mode(self.metric, self.mode, "train.early_stopping")
-        return self
+if TYPE_CHECKING:
+    from fashion_mnist_mlp.config.train import EarlyStoppingArgs
 
 
 class Watcher:

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from fashion_mnist_mlp.config.params import Model as ModelParams
+from fashion_mnist_mlp.config.sections import Model as ModelParams
 from fashion_mnist_mlp.training.fashion_mnist import CLASSES, IMAGE_SIDE
 
 # What models written before the statistics came from the training split used: those of all
-# 60,000 training images, validation included. Read only for such files (fashion_mnist_mlp/training/checkpoints.py).
+# 60,000 training images, validation included. Read only for such files (fashion_mnist_mlp/training/model_files.py).
 LEGACY_PIXEL_MEAN = 0.2860
 LEGACY_PIXEL_STD = 0.3530
 

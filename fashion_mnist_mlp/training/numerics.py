@@ -10,7 +10,8 @@ kernel runs, not when torch is imported, so a stage pins them before it computes
 
 Not covered: MKL's vector `sqrt` (torch.sqrt on float tensors) starts from the CPU's
 approximate reciprocal square root, whose bits differ between CPU models under every branch;
-the optimizers whose update calls it are named in SQRT_OPTIMIZERS.
+the optimizer table says which optimizers' steps call it (OptimizerKind.sqrt in
+fashion_mnist_mlp/config/optimizers.py).
 """
 
 from __future__ import annotations
@@ -25,16 +26,13 @@ import torch
 from fashion_mnist_mlp.cli import StageError
 
 if TYPE_CHECKING:
-    from fashion_mnist_mlp.config.params import Numerics, Train
+    from fashion_mnist_mlp.config.sections import Numerics
+    from fashion_mnist_mlp.config.train import Train
 
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"}
 PORTABLE_CAPABILITY = "AVX2"
 REQUIRED_FLAGS = {"avx2", "fma"}
 """What ATen's AVX2 kernels execute; ATen does not check it before it runs them."""
-
-SQRT_OPTIMIZERS = {"nadam", "radam", "rmsprop", "adadelta"}
-"""Their torch.optim update takes torch.sqrt (the fused Adam, AdamW and Adagrad kernels take
-the exact instruction instead); so does LBFGS's strong-Wolfe line search."""
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
@@ -116,14 +114,8 @@ def unportable_choices(numerics: Numerics, train: Train | None) -> list[str]:
         )
     if train is None:
         return notes
-    line_search = getattr(train.optimizer_args, "line_search_fn", None)
-    if train.optimizer in SQRT_OPTIMIZERS or line_search == "strong_wolfe":
-        what = "strong-Wolfe line search" if line_search else "update"
-        notes.append(
-            f"{train.optimizer}'s {what} takes torch.sqrt, whose MKL kernel rounds differently "
-            "on other CPU models: this run's bytes hold on this CPU model only (sgd, adam, "
-            "adamw, adamax, adagrad, asgd, rprop and lbfgs without line search are portable)"
-        )
+    if train.sqrt_note is not None:
+        notes.append(train.sqrt_note)
     if train.precision == "bf16":
         notes.append(
             "train.precision = bf16 runs oneDNN's bfloat16 kernels, which follow the CPU's "

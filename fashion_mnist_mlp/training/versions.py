@@ -2,14 +2,14 @@
 
 The weights are read through `dvc.api` (from the workspace, the local DVC cache or the remote)
 and parsed as safetensors: nothing is unpickled, whatever the revision holds, and no more is
-read than the header, once checked, declares (checkpoints.read_model_stream).
+read than the header, once checked, declares (model_files.read_model_stream).
 
-    from fashion_mnist_mlp.training.versions import load_model   # in this repository
-    model = load_model(rev="v1.0.0")          # this repository
+    from fashion_mnist_mlp import load_model   # from any directory (make setup installs it)
+    model = load_model(rev="v1.0.0")          # the current directory's repository
     model = load_model(rev="exp-name", repo="https://github.com/org/project")
 
-From another project, with this one installed (pyproject.toml): `from fashion_mnist_mlp import
-load_model`, with `repo` naming this project (without it, the current directory's repository is read).
+From another project, with this one installed (pyproject.toml), the same import, with `repo`
+naming this project.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 
 from fashion_mnist_mlp.cli import StageError
 from fashion_mnist_mlp.config.paths import EXPORT_WEIGHTS
-from fashion_mnist_mlp.training.checkpoints import load_model as load_model_file
-from fashion_mnist_mlp.training.checkpoints import read_model_stream
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.model import MLP, fold_temperature
+from fashion_mnist_mlp.training.model_files import read_model_stream
 
 
 def read_model_bytes(
@@ -82,7 +82,7 @@ def model_from_bytes(data: bytes, name: str) -> tuple[MLP, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / EXPORT_WEIGHTS.name
         path.write_bytes(data)
-        return load_model_file(path, name=name)
+        return load_checkpoint(path, name=name)
 
 
 def warm_start(model: MLP, commit: str, rev: str, key: str = "train.init") -> None:

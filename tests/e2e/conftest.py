@@ -130,7 +130,7 @@ def lock_hashes(lock_text: str) -> dict[str, str]:
 
 def stages_run(result: subprocess.CompletedProcess[str]) -> set[str]:
     """The stages whose command DVC actually ran (not skipped, not restored from the cache)."""
-    return {s for s in STAGES if f"> python -m stages.{s}\n" in result.stdout}
+    return {s for s in STAGES if f"> python -m fashion_mnist_mlp.stages.{s}\n" in result.stdout}
 
 
 def stages_reproduced(result: subprocess.CompletedProcess[str]) -> set[str]:

@@ -4,11 +4,22 @@ test_queue.py."""
 from __future__ import annotations
 
 import json
+import sys
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
 
-from .conftest import METRIC_FILES, Project, experiments, measured, restore_workspace
+from ..conftest import ROOT
+from .conftest import (
+    METRIC_FILES,
+    STAGES,
+    Project,
+    experiments,
+    measured,
+    restore_workspace,
+    stages_run,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +40,7 @@ def test_exp_run_with_set_params_records_params_and_metrics(
     exp = experiments(reproduced)[sgd_experiment]
     assert exp["params"]["train"]["optimizer"] == "sgd" and exp["params"]["train"]["lr"] == 0.05
     assert measured(exp) == METRIC_FILES
-    assert 0 < exp["metrics"]["metrics/test.json"]["swa"]["accuracy"] <= 1
+    assert 0 < exp["metrics"]["metrics/test.json"]["swa_model"]["accuracy"] <= 1
     # wall-clock figures stay in the workspace that ran them, out of the experiment's commit
     resources = json.loads(reproduced.read("metrics/resources/train.json"))
     assert resources["seconds"] > 0 and resources["peak_rss_mb"] > 100  # torch alone is more
@@ -39,11 +50,54 @@ def test_exp_diff_and_plots_diff_compare_with_the_baseline(
     reproduced: Project, sgd_experiment: str, tmp_path: Path
 ) -> None:
     diff = json.loads(reproduced.run("dvc", "exp", "diff", "HEAD", sgd_experiment, "--json").stdout)
-    assert "swa.accuracy" in diff["metrics"]["metrics/test.json"]
+    assert "swa_model.accuracy" in diff["metrics"]["metrics/test.json"]
     assert diff["params"]["params.yaml"]["train.optimizer"] == {"old": "adamw", "new": "sgd"}
     reproduced.run("dvc", "plots", "diff", "HEAD", sgd_experiment, "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
     assert sgd_experiment in html and "Confusion matrix (test, SWA model)" in html
+
+
+def test_make_exps_compares_experiments_in_120_columns(
+    reproduced: Project, sgd_experiment: str
+) -> None:
+    """The table `make exps` prints fits a 120-column terminal and shows the param that
+    differs (train.optimizer: adamw in the commit, sgd in the experiment) and the scores."""
+    result = reproduced.run("env", "COLUMNS=120", "python", "-m", "fashion_mnist_mlp.tools.exps")
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 120 and "train.optimizer" in result.stdout, result.stdout
+    main, experiment = (shown_row(lines, name) for name in ("main", sgd_experiment))
+    assert "adamw" in main and "sgd" in experiment, result.stdout
+    metrics = experiments(reproduced)[sgd_experiment]["metrics"]
+    test, calibration = metrics["metrics/test.json"], metrics["metrics/calibration.json"]
+    for score in (test["trained_model"]["accuracy"], test["swa_model"]["accuracy"],
+                  test["swa_model"]["f1_macro"], calibration["validation"]["accuracy"]):  # fmt: skip
+        assert f"{score:.4f}" in experiment, result.stdout
+
+
+def shown_row(lines: list[str], name: str) -> set[str]:
+    """The words and param values of the table row named `name`, with the lines its params
+    wrap onto (indented) when they do not fit as columns."""
+    start = next(i for i, line in enumerate(lines) if name in line.split())
+    block = [lines[start]]
+    block += takewhile(lambda line: line.startswith(" ") and line.strip(), lines[start + 1 :])
+    return {word.rpartition("=")[2] for word in " ".join(block).split()}
+
+
+def test_make_quick_runs_every_stage_briefly_and_replaces_its_last_run(
+    reproduced: Project,
+) -> None:
+    """`make quick` (its dvc command, the environment already set up): a named experiment in a
+    temporary copy, accepted by validate; run again, it replaces the last one of this commit."""
+    reproduced.run("dvc", "exp", "run", "--temp", "-n", "quick", "-S", "evaluate.batch_size=512")
+    make = ["make", "-f", str(ROOT / "Makefile"), "-o", "setup", "quick"]
+    result = reproduced.run("env", f"VIRTUAL_ENV={sys.prefix}", *make)  # uv run, no project
+    assert stages_run(result) == set(STAGES), result.stdout
+    quick = experiments(reproduced)["quick"]
+    assert quick["params"]["split"]["subset"] == 5000 and quick["params"]["train"]["epochs"] == 3
+    assert quick["params"]["evaluate"]["batch_size"] == 2048  # the first 'quick' was replaced
+    assert measured(quick) == METRIC_FILES
+    assert quick["metrics"]["metrics/test.json"]["swa_model"]["accuracy"] > 0.6
+    reproduced.assert_clean()
 
 
 def test_the_lessons_lbfgs_and_lambda_schedule_run_as_an_experiment(reproduced: Project) -> None:
@@ -68,7 +122,7 @@ def test_the_lessons_lbfgs_and_lambda_schedule_run_as_an_experiment(reproduced: 
     assert card["architecture"]["batch_norm"] and card["params"]["swa"]["strategy"] == "ema"
     assert card["onnx_parity"]["predictions_equal"] and card["lesson_layout"]["parity"]
     assert exp["params"]["train"]["optimizer"] == "lbfgs"
-    assert exp["metrics"]["metrics/test.json"]["train"]["accuracy"] > 0.5  # chance is 0.1
+    assert exp["metrics"]["metrics/test.json"]["trained_model"]["accuracy"] > 0.5  # chance is 0.1
     summary = exp["metrics"]["metrics/train/metrics.json"]
     assert (summary["stopped_epoch"], summary["best_epoch"]) == (2, 1)
     assert len(lr_lines) == 3  # epochs 0, 1 and 2: stopped before the third

@@ -5,6 +5,11 @@ project's one clear message; every file under data/, models/ and metrics/ keeps 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -100,25 +105,47 @@ def test_a_refused_exp_run_set_value_costs_nothing(
     reproduced.assert_clean()
 
 
+def user_shell(project: Project, launcher: str) -> dict[str, str]:
+    """The environment of a user's shell: with the project's environment on its PATH (an
+    activated .venv), or, for `uv run` users, without it: uv puts it on its commands' PATH."""
+    env = {k: v for k, v in project.env.items() if k not in ("UV_RUN_RECURSION_DEPTH", "UV")}
+    if launcher == "uv run":
+        venv_bin = Path(sys.executable).parent.resolve()
+        env["PATH"] = os.pathsep.join(
+            p for p in env["PATH"].split(os.pathsep) if p and Path(p).resolve() != venv_bin
+        )
+        env["VIRTUAL_ENV"] = sys.prefix  # the environment uv runs in (no project file here)
+        assert shutil.which("dvc", path=env["PATH"]) is None, "dvc outside the environment"
+        assert shutil.which("uv", path=env["PATH"]), "no uv (make setup installs it)"
+    return env
+
+
+@pytest.mark.parametrize(("launcher", "dvc"), [("", "dvc"), ("uv run", "uv run dvc")])
 def test_a_failed_workspace_experiment_ends_with_the_way_back_which_works(
-    reproduced: Project,
+    reproduced: Project, launcher: str, dvc: str
 ) -> None:
     """A stage that fails under a workspace `dvc exp run -S` (after validate: here export's
     parity check, held to an impossible tolerance) ends with the one command back to the last
-    commit's params and outputs; typed as printed, it leaves the workspace as committed."""
+    commit's params and outputs; typed as printed in the user's shell, it leaves the workspace
+    as committed. Under `uv run`, that shell has no `dvc`: the way back says `uv run dvc`."""
+    env = user_shell(reproduced, launcher)
+
+    def shell(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", command], cwd=reproduced.path, env=env,
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+
     try:
-        result = reproduced.run(
-            "dvc", "exp", "run", "-S", "export.atol=1e-12", "-S", "export.rtol=0", check=False
-        )
+        result = shell(f"{launcher} dvc exp run -S export.atol=1e-12 -S export.rtol=0")
         output = result.stdout + result.stderr
         assert result.returncode != 0 and "ONNX parity check failed" in output, output
         way_back = output[output.index("error: ") :].splitlines()[1]
-        assert way_back.endswith(": git checkout params.yaml dvc.lock && dvc checkout"), output
+        assert way_back.endswith(f": git checkout params.yaml dvc.lock && {dvc} checkout"), output
         # what a newcomer is left with: the failed value in params.yaml, export's outputs gone
         # (DVC writes 1e-12, which YAML 1.2 reads as a number and PyYAML's 1.1 as a string)
         assert float(yaml.safe_load(reproduced.read("params.yaml"))["export"]["atol"]) == 1e-12
         assert not (reproduced.path / "models" / "export").exists()
-        reproduced.run("bash", "-c", way_back.split(": ", 1)[1])
+        typed = shell(way_back.split(": ", 1)[1])
+        assert typed.returncode == 0, typed.stdout + typed.stderr
         reproduced.assert_clean()
     finally:
         restore_workspace(reproduced)  # for the tests after this one, whatever happened

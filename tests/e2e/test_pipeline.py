@@ -37,7 +37,7 @@ def test_repro_locks_all_six_stages(reproduced: Project) -> None:
 
 def test_metrics_are_written_for_both_models(reproduced: Project) -> None:
     metrics = json.loads(reproduced.read(str(TEST_METRICS)))
-    assert set(metrics) == {"train", "swa"}
+    assert set(metrics) == {"trained_model", "swa_model"}
     for model in metrics.values():
         assert 0.6 < model["accuracy"] <= 1 and 0.5 < model["f1_macro"] <= 1 and model["loss"] > 0
         assert model["accuracy"] < model["top2_accuracy"] <= 1 and model["nll"] == model["loss"]
@@ -68,7 +68,7 @@ def test_exported_onnx_model_predicts_like_the_evaluated_model(reproduced: Proje
     )
     logits = session.run(None, {"images": images})[0]
     accuracy = float((logits.argmax(1) == test["labels"]).mean())
-    assert accuracy == pytest.approx(card["test_metrics"]["swa"]["accuracy"], abs=1e-4)
+    assert accuracy == pytest.approx(card["test_metrics"]["swa_model"]["accuracy"], abs=1e-4)
 
 
 REFERENCE = Path(__file__).with_name("reference_hashes.json")
@@ -89,7 +89,7 @@ def test_the_small_pipeline_writes_the_reference_bytes_on_any_x86_cpu(reproduced
     assert not differ, (
         f"{len(differ)} of {len(reference['outs'])} outputs differ from those recorded on "
         f"{reference['recorded_on']}: {differ}. On this CPU ({cpu_model()}) the portable "
-        "numerics give other bytes: see README, Reproducibility. If a change to the stages is "
+        "numerics give other bytes: see docs/reproducibility.md. If a change to the stages is "
         f"meant to change what they compute, record these in {REFERENCE.name}: "
         + json.dumps(outs, indent=2)
     )
@@ -168,7 +168,7 @@ def test_the_lessons_own_code_loads_the_exported_model(reproduced: Project) -> N
             (reproduced.path / name).unlink(missing_ok=True)
     card = json.loads(reproduced.read(str(EXPORT_CARD)))
     accuracy = float((logits.argmax(1) == test["labels"]).mean())
-    assert accuracy == pytest.approx(card["test_metrics"]["swa"]["accuracy"], abs=1e-4)
+    assert accuracy == pytest.approx(card["test_metrics"]["swa_model"]["accuracy"], abs=1e-4)
     assert card["lesson_layout"]["parity"]["max_abs_logit_diff"] <= 1e-4
 
 

@@ -1,10 +1,10 @@
-"""The README's workflows, run as written, so a documented step cannot rot unseen.
+"""The documented workflows, run as written, so a documented step cannot rot unseen.
 
-Each block the README marks `<!-- workflow: NAME -->` runs in a project of this pipeline on a
-small subset (SMALL), one command after another under `bash -e`, as a user types it. The only
-changes are the README's placeholders for what is the user's own (a directory the team
-reaches, the git remote's URL, the project's URL) and `uv run`, which runs the command in this
-test's environment instead of syncing one in each temporary project."""
+Each block that README.md or a page under docs/ marks `<!-- workflow: NAME -->` runs in a project
+of this pipeline on a small subset (SMALL), one command after another under `bash -e`, as a user
+types it. The only changes are the placeholders for what is the user's own (a directory the
+team reaches, the git remote's URL, the project's URL) and `uv run`, which runs the command in
+this test's environment instead of syncing one in each temporary project."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from .conftest import SMALL, Project, experiments, make_project, measured
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKED = re.compile(r"<!-- workflow: ([\w-]+)[^>]*-->\n```(\w+)\n(.*?)\n```", re.DOTALL)
 DOCUMENTED = {"experiments", "queue", "retrieval", "remote", "another-project"}
 PROJECT_URL = "https://github.com/<org>/<project>"
@@ -42,19 +43,23 @@ exec "$@"
 
 
 def workflows() -> dict[str, tuple[str, str]]:
-    """Name -> (language, body) of each marked block of the README."""
-    return {name: (language, body) for name, language, body in MARKED.findall(
-        (ROOT / "README.md").read_text())}  # fmt: skip
+    """Name -> (language, body) of each marked block of the README and the docs pages."""
+    found: dict[str, tuple[str, str]] = {}
+    for page in PAGES:
+        for name, language, body in MARKED.findall(page.read_text()):
+            assert name not in found, f"two workflows named {name!r} (one in {page.name})"
+            found[name] = (language, body)
+    return found
 
 
 def script(name: str, substitutions: dict[str, str]) -> str:
     """A workflow's commands (a console block's `$` lines), placeholders replaced: each one must
-    be there, so a changed README fails here rather than running something else."""
+    be there, so a changed page fails here rather than running something else."""
     language, body = workflows()[name]
     if language == "console":
         body = "\n".join(line[2:] for line in body.splitlines() if line.startswith("$ "))
     for placeholder, value in substitutions.items():
-        assert placeholder in body, f"the README's {name} workflow no longer has {placeholder}"
+        assert placeholder in body, f"the {name} workflow no longer has {placeholder}"
         body = body.replace(placeholder, value)
     assert not PLACEHOLDER.search(body), f"an unreplaced placeholder in {name}:\n{body}"
     return body
@@ -83,7 +88,7 @@ def run_workflow(
     return project.run("bash", "-euo", "pipefail", "-c", script(name, substitutions or {}))
 
 
-def test_the_readme_marks_every_documented_workflow() -> None:
+def test_the_docs_mark_every_documented_workflow() -> None:
     assert set(workflows()) == DOCUMENTED
 
 
@@ -124,7 +129,7 @@ def test_retrieval(project: Project) -> None:
     exported = sorted(p.name for p in (project.path / EXPORT_DIR).iterdir())
     downloaded = f"Downloaded {len(exported)} file(s) to 'artifact'"
     assert downloaded in result.stdout + result.stderr
-    assert downloaded in workflows()["retrieval"][1]  # the README shows what DVC prints
+    assert downloaded in workflows()["retrieval"][1]  # the page shows what DVC prints
     for folder in ("artifact", "exported"):
         assert sorted(p.name for p in (project.path / folder).iterdir()) == exported
     lines = result.stdout.strip().splitlines()[-2:]

@@ -39,7 +39,7 @@ def test_the_report_shows_an_experiments_params_metrics_changed_plots_and_best_t
         text = reproduced.read("report.md")
         assert text.startswith("# workspace vs main")
         assert re.search(r"\| params.yaml +\| train.lr +\| auto +\| 0.0055 +\|", text), text
-        assert "| metrics/test.json" in text and "swa.accuracy" in text
+        assert "| metrics/test.json" in text and "swa_model.accuracy" in text
         # the curves changed, so each is an image; the misclassified grids of both revisions
         assert "### Loss (train vs validation, overfitting)\n\n![" in text
         assert "### metrics/eval/misclassified_swa.png (main)" in text

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 from fashion_mnist_mlp.cli import StageError
 from fashion_mnist_mlp.config.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA, TRAIN_INIT
-from fashion_mnist_mlp.training.checkpoints import load_model as load_model_file
+from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.fashion_mnist import CLASSES
 from fashion_mnist_mlp.training.versions import load_model
 
@@ -70,7 +70,7 @@ def test_load_model_of_a_tag_and_of_an_experiment(tagged: Project) -> None:
     tagged.run("dvc", "checkout", "-q")
     at_tag = load_model(rev=TAG, repo=str(tagged.path))
     exp = load_model(rev="wider-dropout", repo=str(tagged.path))
-    workspace, _ = load_model_file(tagged.path / EXPORT_WEIGHTS)
+    workspace, _ = load_checkpoint(tagged.path / EXPORT_WEIGHTS)
     for key, value in workspace.state_dict().items():
         assert torch.equal(at_tag.state_dict()[key], value)
     assert not exp.training and exp.config.dropout == 0.5

@@ -1,0 +1,116 @@
+"""One trial of the search as a DVC experiment: `dvc exp run --temp` on the trial's values,
+watched while it runs so that the study's pruner can interrupt it (as Ctrl-C would: the stage
+writes nothing and DVC saves no experiment), and scored by the validation accuracy of the model
+its export stage wrote. fashion_mnist_mlp/tools/search.py asks the study for the trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import Trial, TrialState
+
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.config.paths import CALIBRATION_METRICS
+from fashion_mnist_mlp.tools.trials import trial_env
+
+POLL_S = 1.0
+
+
+def run_trial(
+    trial: Trial, name: str, values: dict[str, Any], storage: str, log: Path
+) -> tuple[TrialState, float | None]:
+    """Run the trial's experiment, its output into `log`, pruning it when the study says so;
+    its state and value."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name]
+    for key, value in values.items():
+        command += ["-S", f"{key}={json.dumps(value)}"]
+    pruned_after = None
+    with log.open("w") as out, running(command, out, trial_env(storage, trial._trial_id)) as proc:
+        reported = 0
+        while proc.poll() is None:
+            time.sleep(POLL_S)
+            # as the stage reported it: `trial` itself knows only what this process reported
+            frozen = trial.study._storage.get_trial(trial._trial_id)
+            epochs = frozen.intermediate_values
+            for epoch in sorted(epochs)[reported:]:
+                print(
+                    f"search: trial {trial.number}: epoch {epoch} val acc {epochs[epoch]:.4f}",
+                    flush=True,
+                )
+            # judged when an epoch arrives only: after train, the others' medians move on
+            new_epoch, reported = len(epochs) > reported, len(epochs)
+            if new_epoch and trial.study.pruner.prune(trial.study, frozen):
+                pruned_after = max(epochs)
+                stop(proc)  # as Ctrl-C: the stage writes nothing, DVC saves no experiment
+    if pruned_after is not None and proc.returncode != 0:
+        print(f"search: trial {trial.number}: pruned after epoch {pruned_after} (val acc "
+              f"{epochs[pruned_after]:.4f} trails the study's median)", flush=True)  # fmt: skip
+        return TrialState.PRUNED, None
+    text = log.read_text()
+    if proc.returncode != 0:
+        if "conflicts with existing experiment" in text:
+            raise StageError(
+                f"an experiment named {name} exists already (from an earlier study named "
+                f"{trial.study.study_name!r} whose storage is gone?): start a new study "
+                f"(--study NEW), or remove those experiments (dvc exp remove)"
+            )
+        tail = "".join(text.splitlines(keepends=True)[-5:])
+        print(
+            f"search: trial {trial.number} failed (exit {proc.returncode}); {log}:\n{tail}",
+            flush=True,
+        )
+        return TrialState.FAIL, None
+    try:
+        return TrialState.COMPLETE, objective(name)
+    except Exception as e:  # an experiment without the metric: this trial failed, not the search
+        print(f"search: trial {trial.number}: no objective in {name} ({e})", flush=True)
+        return TrialState.FAIL, None
+
+
+@contextlib.contextmanager
+def running(command: list[str], out: Any, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """The command in its own process group, stopped (and waited for) if this worker is."""
+    proc = subprocess.Popen(
+        command,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """SIGINT to the trial's process group, as Ctrl-C (DVC and the stage clean up); SIGTERM if
+    it has not ended after `grace_s`, SIGKILL after as long again."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def objective(experiment: str) -> float:
+    """The validation accuracy of the model the experiment exported."""
+    import dvc.api
+
+    metrics = json.loads(dvc.api.read(str(CALIBRATION_METRICS), repo=".", rev=experiment))
+    return float(metrics["validation"]["accuracy"])
