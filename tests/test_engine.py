@@ -107,4 +107,3 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_objective(
     # label smoothing 0.1 is on: the objective is higher than the plain loss it is logged beside
     assert params.train.losses.cross_entropy.label_smoothing > 0
     assert history[0].objective > history[0].loss
-

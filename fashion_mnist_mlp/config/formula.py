@@ -16,7 +16,7 @@ from collections.abc import Callable
 MAX_LENGTH = 500
 MAX_NODES = 64
 """Operations, numbers and names in one formula: the check evaluates it at every epoch of the
-run (up to params.MAX_EPOCHS), and each node costs a Python call there."""
+run (up to train.MAX_EPOCHS), and each node costs a Python call there."""
 MAX_POWER = 1e6
 """Powers beyond this magnitude only overflow or vanish; refusing them keeps evaluation cheap."""
 

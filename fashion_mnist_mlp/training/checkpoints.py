@@ -32,7 +32,8 @@ from fashion_mnist_mlp.training.model import MLP
 from fashion_mnist_mlp.training.model_files import METADATA_KEY, check_layout, read_header
 
 if TYPE_CHECKING:
-    from fashion_mnist_mlp.config.params import Params  # the stages that train load it anyway
+    # a type only: evaluate, which loads models here, imports no option table
+    from fashion_mnist_mlp.config.params import Params
 
 
 def save_model(model: MLP, path: Path, info: dict[str, Any] | None = None) -> None:

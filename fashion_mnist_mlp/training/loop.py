@@ -65,7 +65,9 @@ class Run:
     validates (by default the one it trains), the epoch it starts at, and the hooks fit calls,
     each of which does nothing unless the stage overrides it."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, log: EpochLog, scored: nn.Module | None):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, log: EpochLog, scored: nn.Module | None
+    ) -> None:
         self.optimizer, self.log, self.scored = optimizer, log, scored
         self.first_epoch = 1
 
