@@ -1,6 +1,6 @@
-"""The params.yaml sections that no option table shapes: what download, split, evaluate and
-export read of their own (fashion_mnist_mlp/config/loader.py loads just these), and the blocks
-train and swa share. Torch-free, like the rest of the schema.
+"""The params.yaml sections that no option table shapes (every one but train), and train's
+augment block: download, split and evaluate load theirs alone (config/loader.py's
+load_sections), without the option tables. Torch-free, like the rest of the schema.
 """
 
 from __future__ import annotations
