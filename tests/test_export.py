@@ -7,8 +7,20 @@ import pytest
 import torch
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.stages.export import check_finite, check_parity, export_onnx, onnx_logits
+from fashion_mnist_mlp.config.loader import read_raw_params
+from fashion_mnist_mlp.config.params import load_params
+from fashion_mnist_mlp.stages.export import (
+    CARD_SECTIONS,
+    check_finite,
+    check_parity,
+    chosen_options,
+    export_onnx,
+    load_export_params,
+    onnx_logits,
+)
 from fashion_mnist_mlp.training.model import MLP, MLPConfig, predict_logits
+
+from .conftest import Workdir
 
 
 @pytest.mark.parametrize("batch_norm", [False, True])
@@ -95,3 +107,39 @@ def test_a_diverged_model_is_not_exported(tmp_path: Path, small_data) -> None:
         check_finite(model, logits, "the swa model")
     with pytest.raises(StageError, match="non-finite outputs"):
         check_finite(MLP(MLPConfig(hidden=(8,))), logits, "the swa model")
+
+
+@pytest.mark.parametrize("scheduler", ["lambda", "none"])
+def test_the_card_records_the_chosen_options_blocks_and_every_other_value(
+    tmp_path: Path, scheduler: str
+) -> None:
+    """Only the chosen optimizer's, loss's and scheduler's blocks, as params.yaml spells them
+    (`lambda`, not the schema's attribute `lambda_`); every other value as the whole schema
+    reads it, so the card keeps its bytes without importing the option tables."""
+    work = Workdir.with_project_params(tmp_path)
+    work.set("train.optimizer", "sgd")
+    work.set("train.scheduler", scheduler)
+    path = tmp_path / "params.yaml"
+    raw, validated = read_raw_params(path)["train"], load_params(path)
+    sections, recorded = load_export_params(path)
+
+    assert list(recorded) == list(CARD_SECTIONS) and sections.export == validated.export
+    train = recorded["train"]
+    assert train["optimizers"] == {"sgd": raw["optimizers"]["sgd"]}
+    assert train["losses"] == {"cross_entropy": raw["losses"]["cross_entropy"]}
+    expected = {"lambda": {"formula": "0.95 ** epoch"}} if scheduler == "lambda" else {}
+    assert train["schedulers"] == expected
+    tables = {"optimizers", "losses", "schedulers"}
+    assert {k: v for k, v in train.items() if k not in tables} == {
+        k: v for k, v in validated.train.model_dump().items() if k not in tables
+    }
+    assert list(train) == list(raw)  # params.yaml's order
+    for name in set(CARD_SECTIONS) - {"train"}:
+        assert recorded[name] == getattr(validated, name).model_dump(), name
+
+
+def test_a_train_section_the_schema_refuses_is_sent_to_validate() -> None:
+    with pytest.raises(StageError, match=r"the train section .* run `dvc repro validate`"):
+        chosen_options({"optimizer": "sgd", "loss": "nll", "scheduler": "none"})
+    with pytest.raises(StageError, match="dvc repro validate"):
+        chosen_options(None)

@@ -263,6 +263,76 @@ def test_a_one_epoch_schedule_runs_at_its_start_and_a_two_epoch_one_ends_at_its_
     assert two[3 * warmup :] == pytest.approx([start] * 3 + [end] * 3, rel=1e-6)
 
 
+ZERO_ENDS = [
+    ("cosine", {"schedulers.cosine.eta_min": 0.0}),
+    ("linear", {"schedulers.linear.end_factor": 0.0}),
+    ("polynomial", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "changes"),
+    [("cosine", ENDS), ("linear", ENDS), *ZERO_ENDS],
+    ids=["cosine", "linear", "cosine-0", "linear-0", "polynomial"],
+)
+def test_a_schedulers_final_lr_is_the_lr_of_its_last_epoch(
+    params: Params, name: str, changes: dict
+) -> None:
+    """What its table entry says, which the note on an end of 0 relies on, against torch."""
+    cfg = train_config(params, epochs=EPOCHS, scheduler=name, **changes)
+    final = cfg.scheduler_args.final_lr(cfg.learning_rate)
+    lrs = lrs_of(params, EPOCHS, STEPS, scheduler=name, **changes)
+    assert final is not None
+    assert lrs[-STEPS:] == pytest.approx([final / cfg.learning_rate] * STEPS, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "why", "fix"),
+    [
+        (*ZERO_ENDS[0], "train.schedulers.cosine.eta_min = 0.0", "set eta_min > 0"),
+        (*ZERO_ENDS[1], "train.schedulers.linear.end_factor = 0.0", "set end_factor > 0"),
+        (*ZERO_ENDS[2], "as it always does",
+         "choose cosine with eta_min > 0 or linear with end_factor > 0"),
+    ],
+    ids=[name for name, _ in ZERO_ENDS],
+)  # fmt: skip
+def test_a_schedule_that_ends_at_lr_0_says_its_last_epoch_and_swas_first_are_wasted(
+    params: Params, name: str, changes: dict, why: str, fix: str
+) -> None:
+    (note,) = train_config(params, epochs=2, scheduler=name, **changes).unused_params()
+    assert note == (
+        f"train.scheduler = '{name}' ends at lr 0 ({why}): its last epoch changes no weight "
+        "(only BatchNorm's statistics), and swa, which anneals from the final lr, starts at 0: "
+        f"{fix}"
+    )
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"scheduler": "cosine", "schedulers.cosine.eta_min": 1e-4},
+        {"scheduler": "linear", "schedulers.linear.end_factor": 0.01},
+        {"scheduler": "polynomial", "epochs": 1},  # one scheduled epoch stays at the lr
+        {"scheduler": "polynomial", "epochs": 3, "warmup_epochs": 2},
+        {"scheduler": "onecycle"},
+    ],
+    ids=["cosine", "linear", "one-epoch", "one-after-warm-up", "onecycle"],
+)
+def test_a_schedule_whose_last_epoch_trains_has_no_note(params: Params, changes: dict) -> None:
+    assert train_config(params, **{"epochs": 10, **changes}).unused_params() == []
+
+
+def test_rprop_which_reads_its_lr_once_gets_no_note_on_an_end_of_0(params: Params) -> None:
+    (note,) = train_config(params, optimizer="rprop", scheduler="polynomial").unused_params()
+    assert "does not shape rprop's steps" in note
+
+
+def test_the_projects_cosine_ends_at_1_percent_of_the_default_lr(params: Params) -> None:
+    cfg = train_config(params, scheduler="cosine")
+    assert cfg.scheduler_args.final_lr(cfg.learning_rate) == pytest.approx(0.01 * cfg.learning_rate)
+    assert cfg.unused_params() == []
+
+
 @pytest.fixture(scope="module")
 def split_work(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Path:
     """A working directory after a real split of 500 training and 100 validation images."""
@@ -276,11 +346,17 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f, dialect="excel-tab" if path.suffix == ".tsv" else "excel"))
 
 
-@pytest.mark.parametrize(("name", "warmup"), [("linear", 0), ("cosine", 1)])
+@pytest.mark.parametrize(("name", "warmup"), [("linear", 0), ("cosine", 1), ("polynomial", 0)])
 def test_a_trained_model_ends_at_the_schedules_end_value(
-    params: Params, split_work: Path, tmp_path: Path, name: str, warmup: int
+    params: Params,
+    split_work: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    warmup: int,
 ) -> None:
-    """The train stage's final_lr, which swa starts from, and both lr plots' last points."""
+    """The train stage's final_lr, which swa starts from, and both lr plots' last points; an
+    end of 0 (polynomial's), which trains nothing in the last epoch, comes with a note."""
     work = Workdir(shutil.copytree(split_work, tmp_path / "work"))
     for key, value in {"model.hidden": [16], "train.epochs": 3 + warmup, "train.batch_size": 128,
                        "train.scheduler": name, "train.warmup_epochs": warmup,
@@ -295,3 +371,4 @@ def test_a_trained_model_ends_at_the_schedules_end_value(
     assert (int(per_epoch[-1]["step"]), len(per_batch)) == (3 + warmup, 4 * (3 + warmup))
     lasts = [info["final_lr"], float(per_epoch[-1]["lr"]), float(per_batch[-1]["lr"])]
     assert lasts == pytest.approx([end] * 3, rel=1e-6)
+    assert ("ends at lr 0" in capsys.readouterr().out) == (end == 0)

@@ -1,5 +1,6 @@
 """The search's study: its sampler's seed per worker and per start, one space per study, and a
-storage password that no message shows; a trial's experiment stopped as Ctrl-C would stop it."""
+storage password that no message shows; values refused together judged on the search's baseline,
+and a trial that fails no matter where; a trial's experiment stopped as Ctrl-C would stop it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
+from optuna.trial import TrialState
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.tools.search import open_study
+from fashion_mnist_mlp.tools.search import open_study, refused, search, workspace_baseline
 from fashion_mnist_mlp.tools.space import Space
 from fashion_mnist_mlp.tools.trial_runner import running, stop
 
@@ -30,6 +33,12 @@ SPACE = {
     "warmup_epochs": 1,
     "params": {"train.lr": {"low": 0.001, "high": 0.01, "log": True}},
 }
+ANNEALING = {
+    **SPACE,
+    "params": {"swa.epochs": {"low": 0, "high": 4}, "swa.anneal_epochs": {"low": 1, "high": 2}},
+}
+REFUSED = {"swa.epochs": 1, "swa.anneal_epochs": 2}
+"""Inside ANNEALING's ranges, each valid alone; together, an annealing longer than swa's run."""
 
 
 def asked(storage: str, worker: int, space: dict = SPACE, trials: int = 2) -> list[float]:
@@ -79,6 +88,60 @@ def test_the_search_names_a_storage_it_cannot_open_without_its_password(
     assert not [
         f for f in tmp_path.rglob("*") if f.is_file() and PASSWORD.encode() in f.read_bytes()
     ]
+
+
+@pytest.mark.parametrize("on_disk", ["", "train:\n  lr: 0.0\n"], ids=["empty", "half-written"])
+def test_values_refused_together_are_judged_on_the_baseline_not_on_a_file_being_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_disk: str
+) -> None:
+    """Another worker's `dvc exp run --temp -S` rewrites params.yaml for a moment: read then,
+    the file raised KeyError, the worker died, and its trial stayed RUNNING."""
+    Workdir.with_project_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    base = workspace_baseline().raw_params()
+    (tmp_path / "params.yaml").write_text(on_disk)
+    study = optuna.create_study()
+    first, second = study.ask(), study.ask()
+    assert refused(first, "s-0", REFUSED, base)
+    assert "swa.anneal_epochs = 2 is longer than the run" in first.user_attrs["refused"]
+    assert not refused(second, "s-1", {"swa.epochs": 2, "swa.anneal_epochs": 1}, base)
+
+
+def a_search_asked_for(values: dict, work: Path) -> tuple[optuna.study.Study, Callable[[], None]]:
+    """A study in `work` whose first trial asks for `values`, and its search of one trial."""
+    storage = f"sqlite:///{work / 's.db'}"
+    space = Space.model_validate(ANNEALING)
+    study = open_study("s", storage, space, worker=0)
+    study.enqueue_trial(values)
+    return study, lambda: search(study, space, trials=1, storage=storage)
+
+
+def test_values_refused_together_end_their_trial_pruned_before_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Workdir.with_project_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    study, run_search = a_search_asked_for(REFUSED, tmp_path)
+    run_search()  # nothing runs: no `dvc exp run` here
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.PRUNED
+    log = (tmp_path / "search" / "logs" / "s-0.log").read_text()
+    assert log.startswith("search: trial 0: pruned before it ran: params.yaml refuses these")
+
+
+def test_a_trial_whose_refusal_check_raises_is_failed_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stops on the error, and a RUNNING trial would count towards --trials forever.
+    Here the refusal's log cannot be written: search/logs is a file."""
+    Workdir.with_project_params(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "logs").write_text("not a folder")
+    study, run_search = a_search_asked_for(REFUSED, tmp_path)
+    with pytest.raises(FileExistsError):
+        run_search()
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
 
 
 # a trial's process (as `dvc exp run`) and its child (as the stage), which says when it is ready;

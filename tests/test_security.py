@@ -5,16 +5,19 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import math
+import os
 import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+from dvc.fs.dvc import DVCFileSystem
+from dvc.repo import Repo
 from safetensors.torch import save_file
 
 from fashion_mnist_mlp.cli import StageError
@@ -67,9 +70,12 @@ def test_the_check_catches_what_it_looks_for(tmp_path: Path) -> None:
 # ---- a hostile model file in another repository: one error naming it, and little read ----
 
 
-def a_project(path: Path, model: bytes, tail: int = 0, tag: str | None = None) -> str:
+def a_project(
+    path: Path, model: bytes, tail: int = 0, tag: str | None = None, in_git: bool = False
+) -> str:
     """A git repository whose workspace (and commit `tag`, if given) holds `model` as the
-    exported model, followed by `tail` zero bytes (sparse: no disk spent); its path."""
+    exported model, followed by `tail` zero bytes (sparse: no disk spent); its path. At `tag`
+    the model is tracked by DVC, as the export stage's output is, or committed to git itself."""
     weights = path / EXPORT_WEIGHTS
     weights.parent.mkdir(parents=True)
     with weights.open("wb") as f:
@@ -78,9 +84,21 @@ def a_project(path: Path, model: bytes, tail: int = 0, tag: str | None = None) -
     git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     if tag:
+        if not in_git:
+            track_with_dvc(path, weights.parent)
         for args in (["add", "-A"], ["commit", "-q", "-m", "model"], ["tag", tag]):
             subprocess.run([*git, *args], check=True)
     return str(path)
+
+
+def track_with_dvc(root: Path, output: Path) -> None:
+    """Make `output` a DVC output of a new DVC project at `root` (warnings of DVC's own
+    dependencies silenced: they are not this test's)."""
+    with (
+        warnings.catch_warnings(action="ignore", category=DeprecationWarning),
+        Repo.init(str(root)) as project,
+    ):
+        project.add(str(output))
 
 
 def saved(config: MLPConfig, metadata: str | None = None) -> bytes:
@@ -113,10 +131,8 @@ BIGGEST = MLPConfig(hidden=(MAX_WIDTH,) * MAX_DEPTH, batch_norm=True)  # 1.9 GB 
 
 @pytest.fixture()
 def bytes_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the reads made on every file dvc.api.open gives (the real one's files)."""
-    import dvc.api
-
-    real_open, sizes = dvc.api.open, []
+    """The sizes of the reads made on every file DVC's file system opens (the real one's files)."""
+    real_open, sizes = DVCFileSystem.open, []
 
     class Counted:
         def __init__(self, f: IO[bytes]) -> None:
@@ -127,12 +143,16 @@ def bytes_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             sizes.append(len(data))
             return data
 
-    @contextlib.contextmanager
-    def counting_open(*args: Any, **kwargs: Any) -> Iterator[Counted]:
-        with real_open(*args, **kwargs) as f:
-            yield Counted(f)
+        def __enter__(self) -> Counted:
+            return self
 
-    monkeypatch.setattr(dvc.api, "open", counting_open)
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    def counting_open(fs: DVCFileSystem, *args: Any, **kwargs: Any) -> Counted:
+        return Counted(real_open(fs, *args, **kwargs))
+
+    monkeypatch.setattr(DVCFileSystem, "open", counting_open)
     return sizes
 
 
@@ -159,6 +179,16 @@ def test_predict_refuses_a_metadata_bomb_from_another_repository(tmp_path: Path)
     )  # fmt: skip
 
 
+def test_a_repository_without_the_model_says_so(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    with pytest.raises(StageError) as e:
+        load_model(repo=str(tmp_path))
+    assert str(e.value) == (
+        f"{EXPORT_WEIGHTS} not found in {tmp_path} at the workspace: was the export stage run "
+        "and committed there?"
+    )
+
+
 TAIL = 64 << 20
 """Zero bytes after each hostile file's header: reading them all is what must not happen."""
 
@@ -183,7 +213,7 @@ def test_a_file_claiming_more_than_it_holds_is_refused_before_its_body_is_read(
     repo = a_project(tmp_path, model, tail=TAIL)
     with pytest.raises(StageError) as e:
         load_model(repo=repo)
-    assert sum(bytes_read) <= len(model) + 1, f"{sum(bytes_read):,} bytes read"
+    assert 0 < sum(bytes_read) <= len(model) + 1, f"{sum(bytes_read):,} bytes read"
     assert str(e.value).startswith(f"{EXPORT_WEIGHTS} of {repo} at the workspace ")
     assert phrase in str(e.value), str(e.value)
 
@@ -207,3 +237,45 @@ def test_a_truncated_model_from_another_repository_is_refused(
         f"ends {declared - delivered:,} bytes short of the {declared:,} bytes of tensors its "
         "header declares)"
     ), str(e.value)
+
+
+PEAK_GROWTH = """
+import resource, sys
+import dvc.fs.dvc, dvc.repo  # what a first load imports: not the model file's cost
+from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.training.versions import load_model
+def peak(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+before = peak()
+try:
+    load_model(rev=sys.argv[1], repo=sys.argv[2] or None)
+except StageError as e:
+    print(e)
+print(peak() - before)
+"""
+"""Loads a model in a process of its own; prints the error, then how much its peak memory grew."""
+
+
+@pytest.fixture(scope="module")
+def model_in_git(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A valid model and 512 MiB of zeros after it, committed to git at v1: half a megabyte in
+    git, which unpacks a blob whole, twice over, before a byte of it can be read."""
+    return a_project(tmp_path_factory.mktemp("git"), saved(SMALL), 512 << 20, "v1", in_git=True)
+
+
+@pytest.mark.parametrize("from_inside", [False, True], ids=["repo-path", "workspace-repo"])
+def test_a_model_committed_to_git_is_refused_before_git_unpacks_it(
+    model_in_git: str, from_inside: bool
+) -> None:
+    repo = "" if from_inside else model_in_git
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_GROWTH, "v1", repo],
+        cwd=model_in_git, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    message, growth = result.stdout.strip().rsplit("\n", 1)
+    assert message.startswith(
+        f"{EXPORT_WEIGHTS} of {repo or 'this repository'} at v1 is committed to git, not "
+        "tracked by DVC as the export stage writes it"
+    ), message
+    assert int(growth) < 200 << 20, f"peak memory grew by {int(growth):,} bytes"

@@ -46,11 +46,19 @@ MOVED = {
 def read_raw_params(path: Path = PARAMS_FILE) -> Any:
     """params.yaml as YAML 1.2 reads it (as DVC does), not yet validated."""
     try:
-        raw = yaml.load(path.read_text(), Loader=_Yaml12FloatLoader)
+        text = path.read_text()
     except FileNotFoundError:
         raise StageError(f"{path} not found: run the stage from the project root") from None
+    return parse_raw_params(text, path)
+
+
+def parse_raw_params(text: str | bytes, source: Path = PARAMS_FILE) -> Any:
+    """The text of a params file (`source`, for messages) as read_raw_params reads it: for a
+    copy read once, which the file on disk may no longer match."""
+    try:
+        raw = yaml.load(text, Loader=_Yaml12FloatLoader)
     except yaml.YAMLError as e:
-        raise StageError(f"{path} is not valid YAML: {e}") from None
+        raise StageError(f"{source} is not valid YAML: {e}") from None
     return raw if raw is not None else {}
 
 

@@ -61,10 +61,18 @@ class SchedulerArgs(Strict, ABC):
     """Starts low and rises by itself, so a warm-up before it makes no sense."""
     watches: ClassVar[bool] = False
     """Steps on the validation metric (ReduceLROnPlateau)."""
+    end_key: ClassVar[str | None] = None
+    """The argument that sets final_lr, where one does."""
 
     @property
     def cycles_momentum(self) -> bool:
         return False
+
+    def final_lr(self, lr: float) -> float | None:
+        """The lr of the last epoch of a run of 2 scheduled epochs or more, for an optimizer lr
+        of `lr`, where the arguments alone fix it: the end value an annealing scheduler
+        reaches there (Horizon.last_epoch). None where the run's length or metric decides."""
+        return None
 
     @abstractmethod
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
@@ -119,6 +127,10 @@ class ExponentialLR(SchedulerArgs):
 
 class CosineLR(SchedulerArgs):
     eta_min: NonNegativeFloat
+    end_key: ClassVar[str | None] = "eta_min"
+
+    def final_lr(self, lr: float) -> float:
+        return self.eta_min
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         return _torch_schedulers().CosineAnnealingLR(optimizer, horizon.last_epoch, self.eta_min)
@@ -275,7 +287,12 @@ class Cyclic(Cycling):
 
 
 class Polynomial(SchedulerArgs):
+    """Torch's PolynomialLR, which always ends at 0."""
+
     power: PositiveFloat
+
+    def final_lr(self, lr: float) -> float:
+        return 0.0
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         return _torch_schedulers().PolynomialLR(optimizer, horizon.last_epoch, self.power)
@@ -284,6 +301,10 @@ class Polynomial(SchedulerArgs):
 class Linear(SchedulerArgs):
     start_factor: Annotated[float, Field(gt=0, le=1)]
     end_factor: Annotated[float, Field(ge=0, le=1)]
+    end_key: ClassVar[str | None] = "end_factor"
+
+    def final_lr(self, lr: float) -> float:
+        return self.end_factor * lr
 
     def build(self, optimizer: Optimizer, horizon: Horizon) -> LRScheduler:
         return _torch_schedulers().LinearLR(

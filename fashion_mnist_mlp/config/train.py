@@ -21,7 +21,12 @@ from fashion_mnist_mlp.config.optimizers import (
     Optimizers,
     sqrt_note,
 )
-from fashion_mnist_mlp.config.schedulers import SchedulerArgs, SchedulerName, Schedulers
+from fashion_mnist_mlp.config.schedulers import (
+    SCHEDULERS,
+    SchedulerArgs,
+    SchedulerName,
+    Schedulers,
+)
 from fashion_mnist_mlp.config.schema import (
     AutoOrPositive,
     Mode,
@@ -169,8 +174,8 @@ class Train(Strict):
         return self
 
     def unused_params(self) -> list[str]:
-        """Keys set in params.yaml that the chosen combination does not use, each with why: the
-        stage prints them, so no value is ignored silently."""
+        """Keys set in params.yaml that the chosen combination does not use, each with why, and
+        a last epoch it wastes (at lr 0): the stage prints them, so nothing is ignored silently."""
         notes = []
         if self.cycles_momentum:
             cycle = self.scheduler_args
@@ -192,7 +197,32 @@ class Train(Strict):
                 f"train.scheduler = '{self.scheduler}' (and any warm-up) does not shape "
                 f"{self.optimizer}'s steps: torch reads its lr once, as the first step size"
             )
+        if (zero_end := self._zero_end_note()) is not None:
+            notes.append(zero_end)
         return notes
+
+    def _zero_end_note(self) -> str | None:
+        """Why the last epoch trains at lr 0, if the schedule ends there (its table entry says)."""
+        args = self.scheduler_args
+        if (
+            args is None
+            or self.epochs - self.warmup_epochs < 2  # one scheduled epoch stays at the start
+            or not self.optimizer_args.schedulable
+            or args.final_lr(self.learning_rate) != 0
+        ):
+            return None
+        if args.end_key is None:
+            settable = [f"{n} with {a.end_key} > 0" for n, a in SCHEDULERS.items() if a.end_key]
+            why, fix = "as it always does", f"choose {' or '.join(settable)}"
+        else:
+            value = getattr(args, args.end_key)
+            why = f"train.schedulers.{self.scheduler}.{args.end_key} = {value}"
+            fix = f"set {args.end_key} > 0"
+        return (
+            f"train.scheduler = '{self.scheduler}' ends at lr 0 ({why}): its last epoch changes "
+            "no weight (only BatchNorm's statistics), and swa, which anneals from the final lr, "
+            f"starts at 0: {fix}"
+        )
 
     @property
     def sqrt_note(self) -> str | None:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from fashion_mnist_mlp.cli import StageError, run_stage
-from fashion_mnist_mlp.config.params import Params, load_params
+from fashion_mnist_mlp.config.loader import load_sections, read_raw_params
 from fashion_mnist_mlp.config.paths import (
     CALIBRATION_METRICS,
     EXPORT_CARD,
@@ -31,12 +32,13 @@ from fashion_mnist_mlp.config.paths import (
     EXPORT_ONNX,
     EXPORT_WEIGHTS,
     MODELS,
+    PARAMS_FILE,
     SPLIT_MANIFEST,
     TEST_DATA,
     TEST_METRICS,
     VAL_DATA,
 )
-from fashion_mnist_mlp.config.sections import Export
+from fashion_mnist_mlp.config.sections import Export, Model, Numerics, Split, Swa
 from fashion_mnist_mlp.training.calibration import calibration_report
 from fashion_mnist_mlp.training.checkpoints import load_checkpoint, save_model
 from fashion_mnist_mlp.training.data import Images, load_split
@@ -60,6 +62,14 @@ from fashion_mnist_mlp.training.model import MLP, MLPConfig, fold_temperature, p
 from fashion_mnist_mlp.training.numerics import pin
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+SECTIONS = {"split": Split, "model": Model, "swa": Swa, "export": Export, "numerics": Numerics}
+"""The sections export validates itself: what it reads (export, numerics) and what its card
+records. Not train, whose schema imports every option table: an edit to an optimizer or a
+scheduler would rerun export for a card that records only the chosen ones."""
+CARD_SECTIONS = ("split", "model", "train", "swa", "export", "numerics")
+OPTION_TABLES = {"optimizer": "optimizers", "loss": "losses", "scheduler": "schedulers"}
+"""train's choices, each naming a block of its table (scheduler `none` names none)."""
 
 
 def export_onnx(model: MLP, path: Path, opset: int) -> None:
@@ -197,15 +207,42 @@ def write_lesson_layout(
     }
 
 
+def chosen_options(train: Any) -> dict[str, Any]:
+    """The train section as params.yaml states it, with each option table cut to the chosen
+    option's block: what made this model, not every option it could have used."""
+    try:
+        cut = {
+            table: {name: block for name, block in train[table].items() if name == train[choice]}
+            for choice, table in OPTION_TABLES.items()
+        }
+    except (TypeError, KeyError, AttributeError):
+        raise StageError(
+            f"{PARAMS_FILE}: the train section is not one the schema accepts: run `dvc repro "
+            "validate`, which names what to fix"
+        ) from None
+    return {**train, **cut}
+
+
+def load_export_params(path: Path = PARAMS_FILE) -> tuple[Any, dict[str, Any]]:
+    """export's sections, validated, and the params its model card records, in params.yaml's
+    order: the validate stage, first in the pipeline, has checked the train section."""
+    sections = load_sections(path, **SECTIONS)
+    recorded = {
+        **sections.model_dump(),
+        "train": chosen_options(read_raw_params(path).get("train")),
+    }
+    return sections, {name: recorded[name] for name in CARD_SECTIONS}
+
+
 def model_card(
-    params: Params,
+    cfg: Export,
+    params: dict[str, Any],
     config: MLPConfig,
     calibration: dict,
     parity: dict,
     lesson: dict,
     files: dict[str, str],
 ) -> dict:
-    cfg = params.export
     return {
         "name": "fashion-mnist-mlp",
         "source_model": cfg.model,
@@ -224,9 +261,7 @@ def model_card(
         # its rounding with them: the card, a versioned output, keeps the bound it was held to
         "onnx_parity": {k: v for k, v in parity.items() if k != "max_abs_logit_diff"},
         "lesson_layout": lesson,
-        "params": params.model_dump(
-            include={"split", "model", "train", "swa", "export", "numerics"}
-        ),
+        "params": params,
         "data": read_json(SPLIT_MANIFEST, "dvc repro split"),
         "files_sha256": files,
     }
@@ -249,7 +284,7 @@ def calibrate(
 
 
 def main() -> None:
-    params = load_params()
+    params, recorded = load_export_params()
     pin(params.numerics)
     cfg = params.export
     source = MODELS[cfg.model]
@@ -273,7 +308,7 @@ def main() -> None:
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
         write_json(
             staging / EXPORT_CARD.name,
-            model_card(params, model.config, calibration, parity, lesson, files),
+            model_card(cfg, recorded, model.config, calibration, parity, lesson, files),
         )
     write_json(CALIBRATION_METRICS, calibration)
     print(

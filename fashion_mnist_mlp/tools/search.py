@@ -30,14 +30,15 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import Trial, TrialState
 
-from fashion_mnist_mlp.cli import StageError, file_digest, run_stage
-from fashion_mnist_mlp.config.loader import read_raw_params
+from fashion_mnist_mlp.cli import StageError, run_stage
+from fashion_mnist_mlp.config.loader import parse_raw_params
 from fashion_mnist_mlp.config.paths import PARAMS_FILE
 from fashion_mnist_mlp.tools.space import SPACE_FILE, Space, decode, load_space, refusal
 from fashion_mnist_mlp.tools.study_summary import shown, summary, write_plots
@@ -183,6 +184,7 @@ def load_study(name: str, storage: str) -> optuna.study.Study:
 def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -> None:
     failures = 0
     baseline = stable_baseline()
+    base = baseline.raw_params()  # what every trial starts from while the loop's check holds
     while len(study.get_trials(deepcopy=False, states=ASKED)) < trials:
         if stable_baseline() != baseline:
             raise StageError(
@@ -194,13 +196,14 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
         name = f"{study.study_name}-{trial.number}"
         values = decode(trial.params)
         print(f"search: trial {trial.number} ({name}): {shown(values)}", flush=True)
-        if refused(trial, name, values):
-            study.tell(trial, state=TrialState.PRUNED)
-            continue  # the study asked for these values: no failure, the count goes on as it was
-        trial.set_user_attr("experiment", name)
         try:
+            if refused(trial, name, values, base):
+                study.tell(trial, state=TrialState.PRUNED)
+                continue  # the study asked for them: no failure, and failures keeps its count
+            trial.set_user_attr("experiment", name)
             state, value = run_trial(trial, name, values, storage, LOG_DIR / f"{name}.log")
-        except BaseException:  # Ctrl-C, or the study's storage went away: not a running trial
+        except BaseException:  # Ctrl-C, the study's storage gone, a log not written: the
+            # worker stops, and a trial left RUNNING would count towards --trials forever
             study.tell(trial, state=TrialState.FAIL)
             raise
         study.tell(trial, value, state=state)
@@ -211,11 +214,12 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
             raise StageError(f"{failures} trials in a row failed: see their logs in {LOG_DIR}/")
 
 
-def refused(trial: Trial, name: str, values: dict[str, Any]) -> bool:
-    """Whether params.yaml refuses the trial's values together: a combination inside the
-    space's ranges, which its check before the first trial could not try. The reason goes to
-    the output and the trial's log."""
-    reason = refusal(read_raw_params(PARAMS_FILE), values)
+def refused(trial: Trial, name: str, values: dict[str, Any], base: dict) -> bool:
+    """Whether params.yaml (`base`: the baseline's, not the file, which another worker may be
+    rewriting) refuses the trial's values together: a combination inside the space's ranges,
+    which its check before the first trial could not try. The reason goes to the output and
+    the trial's log."""
+    reason = refusal(base, values)
     if reason is None:
         return False
     message = (
@@ -229,9 +233,23 @@ def refused(trial: Trial, name: str, values: dict[str, Any]) -> bool:
     return True
 
 
-def stable_baseline(tries: int = 10) -> tuple[str | None, str]:
-    """What every trial starts from: params.yaml (--temp copies the workspace's) and HEAD.
-    Another worker's `dvc exp run` writes its -S values into params.yaml (and detaches HEAD)
+@dataclass(frozen=True)
+class Baseline:
+    """What every trial starts from: params.yaml's bytes (--temp copies the workspace's; None
+    if there is none) and HEAD."""
+
+    params: bytes | None
+    head: str
+
+    def raw_params(self) -> Any:
+        """params.yaml as this reading holds it, unvalidated."""
+        if self.params is None:
+            raise StageError(f"{PARAMS_FILE} not found: run the search from the project root")
+        return parse_raw_params(self.params, PARAMS_FILE)
+
+
+def stable_baseline(tries: int = 10) -> Baseline:
+    """Another worker's `dvc exp run` writes its -S values into params.yaml (and detaches HEAD)
     for a moment while it stashes them: a reading counts when the next one, 1 s on, agrees."""
     reading = workspace_baseline()
     for _ in range(tries):
@@ -242,9 +260,13 @@ def stable_baseline(tries: int = 10) -> tuple[str | None, str]:
     return reading
 
 
-def workspace_baseline() -> tuple[str | None, str]:
+def workspace_baseline() -> Baseline:
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    return file_digest(PARAMS_FILE), head.stdout.strip()
+    try:
+        params = PARAMS_FILE.read_bytes()
+    except FileNotFoundError:
+        params = None
+    return Baseline(params, head.stdout.strip())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Load the exported model of any version: a git tag, a commit, a branch or a DVC experiment.
 
-The weights are read through `dvc.api` (from the workspace, the local DVC cache or the remote)
-and parsed as safetensors: nothing is unpickled, whatever the revision holds, and no more is
-read than the header, once checked, declares (model_files.read_model_stream).
+The weights are read through DVC's file system, as `dvc.api.open` reads them (from the
+workspace, the local DVC cache or the remote), and parsed as safetensors: nothing is unpickled,
+whatever the revision holds, and no more is read than the header, once checked, declares
+(model_files.read_model_stream). A revision's model committed to git itself is refused unread:
+git unpacks a blob whole before a byte of it can be checked.
 
     from fashion_mnist_mlp import load_model   # from any directory (make setup installs it)
     model = load_model(rev="v1.0.0")          # the current directory's repository
@@ -14,9 +16,12 @@ naming this project.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import torch
 
@@ -26,18 +31,20 @@ from fashion_mnist_mlp.training.checkpoints import load_checkpoint
 from fashion_mnist_mlp.training.model import MLP, fold_temperature
 from fashion_mnist_mlp.training.model_files import read_model_stream
 
+if TYPE_CHECKING:
+    from dvc.repo import Repo
+
 
 def read_model_bytes(
     rev: str | None = None, repo: str | None = None, path: Path = EXPORT_WEIGHTS
 ) -> bytes:
-    import dvc.api
     from dvc.exceptions import DvcException
     from dvc_data.index.index import DataIndexDirError
     from scmrepo.exceptions import SCMError
 
     where = _where(rev, repo)
     try:
-        with dvc.api.open(str(path), repo=repo, rev=rev, mode="rb") as f:
+        with _open(path, rev, repo) as f:
             return read_model_stream(f, f"{path} of {where}")
     except FileNotFoundError:
         raise StageError(
@@ -48,6 +55,37 @@ def read_model_bytes(
         raise StageError(f"{path} of {where} is not here: {_how_to_get(rev)}") from None
     except (DvcException, SCMError) as e:
         raise StageError(f"cannot read {path} from {where}: {e}") from None
+
+
+@contextlib.contextmanager
+def _open(path: Path, rev: str | None, repo: str | None) -> Iterator[IO[bytes]]:
+    """`path` of `repo` at `rev`, found as dvc.api.open finds it: the revision's git tree
+    first, then its DVC outputs; a git blob is refused before it is opened."""
+    from dvc.fs.dvc import DVCFileSystem
+    from dvc.repo import Repo
+
+    with Repo.open(repo, rev=rev, subrepos=True, uninitialized=True) as project:
+        _refuse_a_git_blob(project, path, _where(rev, repo))
+        fs = DVCFileSystem(repo=project, subrepos=True)
+        with fs.open(fs.from_os_path(str(path)), mode="rb") as f:
+            yield f
+
+
+def _refuse_a_git_blob(project: Repo, path: Path, where: str) -> None:
+    """Git unpacks a blob whole into memory before the first byte can be read: a model file
+    of gigabytes of zeros, a few megabytes in git, would cost gigabytes before
+    read_model_stream saw its header. The export stage writes a DVC output, never a blob; the
+    tree's entry says which, without unpacking it."""
+    from dvc.fs import GitFileSystem
+
+    tree = project.fs  # a revision's git tree; the workspace's files are read as a stream
+    if isinstance(tree, GitFileSystem) and tree.isfile(tree.join(project.root_dir, *path.parts)):
+        raise StageError(
+            f"{path} of {where} is committed to git, not tracked by DVC as the export stage "
+            "writes it: git would unpack all of it into memory before its header could be "
+            "checked, so it is not read. To load it anyway, check that revision out and load "
+            "it from the workspace, where no more is read than its header declares"
+        )
 
 
 def load_model(rev: str | None = None, repo: str | None = None) -> MLP:

@@ -29,15 +29,17 @@ PARAM_CHANGES = [
 ]
 
 # A comment changes no output, so a module edit reruns exactly the stages that import it: a
-# stage's own module (late in the pipeline: export does not rerun), a shared one, an option
-# table (not download, split or evaluate, which read no scheduler; export's model card records
-# every option's block) and the runtime that steps a scheduler (train alone: its outputs keep
-# their bytes, so swa does not rerun). Which modules each stage imports is checked for every
-# stage statically by tests/test_dvc_yaml.py.
+# stage's own module (late in the pipeline: export does not rerun), a shared one, the option
+# tables (not download, split, evaluate or export, which read no scheduler: export's model card
+# records the chosen options' blocks as params.yaml states them; the loss table adds evaluate,
+# which scores the training loss) and the runtime that steps a scheduler (train alone: its
+# outputs keep their bytes, so swa does not rerun). Which modules each stage imports is checked
+# for every stage statically by tests/test_dvc_yaml.py.
 MODULE_EDITS = [
     ("fashion_mnist_mlp/stages/evaluate.py", {"validate", "evaluate"}),
     ("fashion_mnist_mlp/training/engine.py", {"validate", "train", "swa"}),
-    ("fashion_mnist_mlp/config/schedulers.py", {"validate", "train", "swa", "export"}),
+    ("fashion_mnist_mlp/config/schedulers.py", {"validate", "train", "swa"}),
+    ("fashion_mnist_mlp/config/losses.py", {"validate", "train", "swa", "evaluate"}),
     ("fashion_mnist_mlp/training/schedule.py", {"validate", "train"}),
 ]
 
