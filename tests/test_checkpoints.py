@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -21,9 +22,11 @@ from fashion_mnist_mlp.config.sections import MAX_DEPTH, MAX_WIDTH
 from fashion_mnist_mlp.config.train import Train
 from fashion_mnist_mlp.training.checkpoints import (
     METADATA_KEY,
+    PACKAGE_ROOT,
     RESUME_KEY,
     RunKey,
     TrainingState,
+    code_digest,
     decode,
     encode,
     load_checkpoint,
@@ -351,3 +354,18 @@ def test_a_model_file_of_the_older_format_loads_with_its_normalization(tmp_path:
     model, info = load_checkpoint(path)
     assert (model.config.pixel_mean, model.config.pixel_std) == (0.2860, 0.3530)
     assert model.config.input_dropout == 0.0 and info == {"final_lr": 0.001}
+
+
+@pytest.mark.parametrize(
+    "module", ["stages/train.py", "config/optimizers.py", "training/engine.py", "cli.py"]
+)
+def test_the_resume_key_changes_with_any_module_of_the_package(tmp_path: Path, module: str) -> None:
+    """A killed run is resumed only by the code that wrote its state: a stage, config or
+    library edit alike makes its state another run's."""
+    copy = tmp_path / "fashion_mnist_mlp"
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_digest(copy)
+    assert before == code_digest(PACKAGE_ROOT)
+    with (copy / module).open("a") as f:
+        f.write("# an edit\n")
+    assert code_digest(copy) != before

@@ -158,9 +158,22 @@ def run_key(params: Params, stage: Path, settings: list[Any], inputs: tuple[Path
     digest.update(
         json.dumps([*(getattr(params, s).model_dump() for s in sections), *settings]).encode()
     )
-    for path in (*inputs, *sorted(Path(__file__).parent.glob("*.py"))):
+    for path in inputs:
         digest.update(sha256_file(path).encode())
+    digest.update(code_digest().encode())
     return RunKey(params.digest(sections), digest.hexdigest())
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_digest(root: Path = PACKAGE_ROOT) -> str:
+    """Every module of the package, by its path inside it and its bytes: a resume state is
+    only taken up by the code that wrote it (stages, config and library alike)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\0".encode())
+    return digest.hexdigest()
 
 
 def remove_training_state(path: Path) -> None:
