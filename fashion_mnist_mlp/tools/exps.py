@@ -3,18 +3,22 @@
 Built from `dvc exp show --json`: per experiment the scores that matter (SCORES) and the params
 that differ between the rows shown, nothing else (DVC's own table has some 40 columns, 2,000+
 characters wide: a terminal shows its first three). Params that do not fit as columns are
-listed as key=value beside each row instead. The workspace is a row only where it differs from
-its commit.
+listed as key=value beside each row instead, or where the terminal is too narrow for that too,
+on indented lines below it. The workspace is a row only where it differs from its commit.
 
 A failed queued experiment has no outputs of its own; `dvc exp show` fills its row from the
 dvc.lock it was queued with, so its scores are its baseline's. The table leaves it out, and a
 list below names each failed experiment, the params it tried and how to see why it failed.
 
-    python -m fashion_mnist_mlp.tools.exps [dvc exp show options: -A, -n N, --rev REV ...]
+    python -m fashion_mnist_mlp.tools.exps [-A] [-a] [-T] [--rev REV ...] [-n N]
+
+Those are `dvc exp show`'s options that select the experiments; others (--csv, --md, --sort-by
+...) shape DVC's own table, which this one replaces, and are refused.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -24,6 +28,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
+from fashion_mnist_mlp.cli import StageError, run_stage
 from fashion_mnist_mlp.config.paths import (
     CALIBRATION_METRICS,
     PARAMS_FILE,
@@ -44,6 +51,10 @@ LEGEND = (
     f"({CALIBRATION_METRICS}), make search's objective. Every metric: dvc exp show"
 )
 GAP = "  "
+INDENT = "    "  # params on their own lines, below their row
+MIN_ROOM = 30  # the least width beside the scores worth listing params in
+MIN_NAME = 12  # names are cut to no less to fit a narrow terminal
+CUT = "…"
 DEFAULT_WIDTH = 120  # where the output is no terminal (a pipe, a file)
 
 
@@ -56,15 +67,15 @@ class Row:
     """The params of the commit an experiment ran from; None for a commit's own row."""
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> None:
+    args = selection(sys.argv[1:] if argv is None else argv)
     shown = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json", *argv],
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", *args],
         capture_output=True,
         text=True,
     )
     if shown.returncode != 0:
-        sys.stderr.write(shown.stderr)
-        return shown.returncode
+        raise StageError(f"dvc exp show {' '.join(args)} failed:\n{shown.stderr.strip()}")
     data = json.loads(shown.stdout)
     width = shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
     print("\n".join(render(table_rows(data), width)))
@@ -72,9 +83,31 @@ def main(argv: list[str]) -> int:
     if failed:
         print("\nFailed (no scores of their own; `dvc queue logs <name>` says why):")
         for name, changes in failed:
-            text = f"{name}  {' '.join(changes) or '(the baseline params)'}"
-            print(textwrap.fill(text, width, initial_indent="  ", subsequent_indent="    "))
-    return 0
+            first = f"  {cut(name, width - len(INDENT))}  "
+            lines = packed(changes or ["(the baseline params)"], width, first, INDENT)
+            print("\n".join(line.rstrip() for line in lines))
+
+
+def selection(argv: list[str]) -> list[str]:
+    """`argv`, where it holds only `dvc exp show`'s options that select experiments; the others
+    shape DVC's own table (--csv, --md, --sort-by ...), which is not the one shown here."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("-A", "--all-commits", action="store_true")
+    parser.add_argument("-a", "--all-branches", action="store_true")
+    parser.add_argument("-T", "--all-tags", action="store_true")
+    parser.add_argument("--rev", action="append")
+    parser.add_argument("-n", "--num", type=int)
+    takes = "dvc exp show's options that select experiments: -A, -a, -T, --rev REV, -n N"
+    try:
+        _, unknown = parser.parse_known_args(argv)
+    except argparse.ArgumentError as e:
+        raise StageError(f"make exps ARGS {' '.join(argv)}: {e} (it takes {takes})") from None
+    if unknown:
+        raise StageError(
+            f"make exps ARGS {' '.join(unknown)}: it takes only {takes}. For DVC's own table, "
+            "its CSV or markdown, run dvc exp show itself (e.g. uv run dvc exp show --csv)"
+        )
+    return argv
 
 
 def table_rows(data: list[dict]) -> list[Row]:
@@ -128,8 +161,9 @@ def varying(rows: list[Row]) -> list[str]:
 
 def render(rows: list[Row], width: int) -> list[str]:
     """The table: scores, then the params that differ as columns, or where they do not fit in
-    `width`, as key=value beside each row (a commit's: all of them; an experiment's: those that
-    differ from its commit's), wrapped; then the legend."""
+    `width`, as key=value pairs (a commit's: all of them; an experiment's: those that differ
+    from its commit's) beside each row, or below it where even that leaves under MIN_ROOM
+    columns; then the legend. No line is wider than `width` (for any down to some 50)."""
     keys = varying(rows)
     header = [["Experiment", *(model for model, _, _, _ in SCORES)],
               ["", *(score for _, score, _, _ in SCORES)]]  # fmt: skip
@@ -138,16 +172,48 @@ def render(rows: list[Row], width: int) -> list[str]:
     lines = aligned([header[0] + keys, header[1] + [""] * len(keys),
                      *(s + p for s, p in zip(scores, params, strict=True))])  # fmt: skip
     if max(map(len, lines)) > width:
-        left = aligned([*header, *scores])
-        room = max(width - len(left[0]) - len(GAP), 30)
-        lines = [left[0] + GAP + "params that differ", left[1]]
-        for text, row in zip(left[2:], rows, strict=True):
-            pairs = " ".join(f"{k}={_shown(row.params.get(k))}" for k in changed(row, keys))
-            wrapped = textwrap.wrap(pairs, room, break_on_hyphens=False) or [""]
-            pad = " " * (len(text) + len(GAP))
-            lines += [text + GAP + wrapped[0], *(pad + more for more in wrapped[1:])]
+        left = aligned([*header, *fit_names(scores, header, width)])
+        pairs = [[f"{k}={_shown(row.params.get(k))}" for k in changed(row, keys)] for row in rows]
+        if width - len(left[0]) - len(GAP) >= MIN_ROOM:  # beside each row
+            lines = [left[0] + GAP + "params that differ", left[1]]
+            for text, items in zip(left[2:], pairs, strict=True):
+                lines += packed(items, width, text + GAP, " " * len(text + GAP))
+        else:  # below each row, indented
+            lines = [*left[:2], INDENT + "params that differ"]
+            for text, items in zip(left[2:], pairs, strict=True):
+                lines += [text, *(packed(items, width, INDENT, INDENT) if items else [])]
     lines = [line.rstrip() for line in lines]
     return [*lines, "", *textwrap.wrap(LEGEND, width)]
+
+
+def fit_names(scores: list[list[str]], header: list[list[str]], width: int) -> list[list[str]]:
+    """`scores` with the names (its first column) cut to fit `width` beside the scores, down to
+    MIN_NAME characters."""
+    over = len(aligned([*header, *scores])[0]) - width
+    if over <= 0:
+        return scores
+    room = max(max(len(row[0]) for row in scores) - over, MIN_NAME)
+    return [[cut(row[0], room), *row[1:]] for row in scores]
+
+
+def packed(items: list[str], width: int, first: str, indent: str) -> list[str]:
+    """`items` space-separated on lines of at most `width`, the first line after `first`, the
+    others after `indent`; never split, an item too long for a line is cut instead."""
+    lines, filled = [first], False
+    for item in items:
+        item = cut(item, width - len(indent))
+        gap = " " if filled else ""
+        if len(lines[-1]) + len(gap) + len(item) > width:
+            lines.append(indent)
+            gap = ""
+        lines[-1] += gap + item
+        filled = True
+    return lines
+
+
+def cut(text: str, room: int) -> str:
+    """`text`, or its first `room` characters ending in CUT where it is longer."""
+    return text if len(text) <= room else text[: room - len(CUT)] + CUT
 
 
 def changed(row: Row, keys: list[str]) -> list[str]:
@@ -169,7 +235,16 @@ def _score(value: float | None) -> str:
 
 
 def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    """`value` as -S would take it, unambiguous in a line of key=value pairs: a string bare
+    where that reads back as the same string with no space in it ("adamw"), else in double
+    quotes ("0.5 ** epoch", "true"); anything else as compact JSON ([512,512], null)."""
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass  # not plain YAML ("@x", "`x"): quoted
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def failed_experiments(rows: list[dict]) -> Iterator[tuple[str, list[str]]]:
@@ -200,4 +275,4 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run_stage(main, check_params=False)

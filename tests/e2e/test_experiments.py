@@ -18,6 +18,7 @@ from .conftest import (
     experiments,
     measured,
     restore_workspace,
+    stages_reproduced,
     stages_run,
 )
 
@@ -57,14 +58,17 @@ def test_exp_diff_and_plots_diff_compare_with_the_baseline(
     assert sgd_experiment in html and "Confusion matrix (test, SWA model)" in html
 
 
-def test_make_exps_compares_experiments_in_120_columns(
-    reproduced: Project, sgd_experiment: str
+@pytest.mark.parametrize("columns", [80, 120])
+def test_make_exps_compares_experiments_in_the_terminals_width(
+    reproduced: Project, sgd_experiment: str, columns: int
 ) -> None:
-    """The table `make exps` prints fits a 120-column terminal and shows the param that
-    differs (train.optimizer: adamw in the commit, sgd in the experiment) and the scores."""
-    result = reproduced.run("env", "COLUMNS=120", "python", "-m", "fashion_mnist_mlp.tools.exps")
+    """The table `make exps` prints fits the terminal and shows the param that differs
+    (train.optimizer: adamw in the commit, sgd in the experiment) and the scores."""
+    result = reproduced.run(
+        "env", f"COLUMNS={columns}", "python", "-m", "fashion_mnist_mlp.tools.exps"
+    )
     lines = result.stdout.splitlines()
-    assert max(map(len, lines)) <= 120 and "train.optimizer" in result.stdout, result.stdout
+    assert max(map(len, lines)) <= columns and "train.optimizer" in result.stdout, result.stdout
     main, experiment = (shown_row(lines, name) for name in ("main", sgd_experiment))
     assert "adamw" in main and "sgd" in experiment, result.stdout
     metrics = experiments(reproduced)[sgd_experiment]["metrics"]
@@ -83,15 +87,18 @@ def shown_row(lines: list[str], name: str) -> set[str]:
     return {word.rpartition("=")[2] for word in " ".join(block).split()}
 
 
-def test_make_quick_runs_every_stage_briefly_and_replaces_its_last_run(
+def test_make_quick_runs_the_pipeline_briefly_and_a_rerun_replaces_it_from_the_run_cache(
     reproduced: Project,
 ) -> None:
-    """`make quick` (its dvc command, the environment already set up): a named experiment in a
-    temporary copy, accepted by validate; run again, it replaces the last one of this commit."""
-    reproduced.run("dvc", "exp", "run", "--temp", "-n", "quick", "-S", "evaluate.batch_size=512")
-    make = ["make", "-f", str(ROOT / "Makefile"), "-o", "setup", "quick"]
-    result = reproduced.run("env", f"VIRTUAL_ENV={sys.prefix}", *make)  # uv run, no project
-    assert stages_run(result) == set(STAGES), result.stdout
+    """`make quick` (its dvc commands, the environment already set up): a named experiment in a
+    temporary copy, accepted by validate; run again, it replaces the last one of this commit,
+    and the stages the change leaves alone are restored from DVC's run-cache, not run again."""
+    make = ["env", f"VIRTUAL_ENV={sys.prefix}", "make", "-f", str(ROOT / "Makefile"), "-o", "setup"]
+    first = reproduced.run(*make, "quick", "ARGS=-S evaluate.batch_size=512")  # uv run, no project
+    assert stages_run(first) == set(STAGES) - {"download"}, first.stdout  # download: as committed
+    second = reproduced.run(*make, "quick")
+    assert stages_run(second) <= {"validate", "evaluate", "export"}, second.stdout
+    assert stages_reproduced(second) >= {"split", "train", "swa"}, second.stdout  # restored
     quick = experiments(reproduced)["quick"]
     assert quick["params"]["split"]["subset"] == 5000 and quick["params"]["train"]["epochs"] == 3
     assert quick["params"]["evaluate"]["batch_size"] == 2048  # the first 'quick' was replaced
