@@ -1,187 +1,149 @@
-"""Epoch time of the training loop, side by side with the lesson's loop and the machine's bound.
+"""Epoch time side by side: the lesson's loop, the train stage under both numerics, the bound.
 
-    uv run --group bench python bench/epoch_time.py [--epochs 5] [--threads N]
+    make bench    (or: uv run --group bench python bench/epoch_time.py [--repeats 3] [--epochs 4])
 
-In one run, on the same data (the training split, so `dvc repro split` first): the lesson's own
-loop (torchvision FashionMNIST + ToTensor + DataLoader, batch 64, SGD); this project's loop
-(train_epoch with the model, loss, optimizer and per-batch scheduler of params.yaml) at batch 64
-with the lesson's SGD and with the default optimizer, and at the default batch size in fp32 and
-bf16 autocast; and the bound that a large matmul measured now puts on one epoch of the MLP's
-forward and backward pass (3x the forward FLOPs, as the issue counts them). Prints medians and
-the ratios; the machine is shared and noisy, so compare within one run.
+Every row is a real process as a user starts it, alternated in one run (the machine is shared
+and noisy): the lesson's own loop (bench/lesson_loop.py: torchvision + ToTensor + DataLoader,
+batch 64, SGD lr 1e-3); `python -m fashion_mnist_mlp.stages.train` at the lesson's settings
+(batch 64, SGD lr 1e-3, no BatchNorm, dropout or scheduler: fashion_mnist_mlp/tools/lesson.py)
+and at params.yaml's default, each under `numerics.cpu: portable` and `native`; on a GPU, the
+default on it. Each stage row is the median over runs of the epoch time the stage prints
+(training and validation, 50,000 + 10,000 images). The bound is the matmul FLOPs of one epoch
+(forward + backward = 3x the forward's: 200 GFLOP) at the rate a 4096x4096 float32 product
+runs in this run (each CPU's fastest kernel, numerics.threads threads).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import copy
+import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import torch
-from torch import nn
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fashion_mnist_mlp.config.losses import build_loss
-from fashion_mnist_mlp.config.optimizers import build_optimizer
-from fashion_mnist_mlp.config.params import load_params
-from fashion_mnist_mlp.config.paths import RAW_DIR, TRAIN_DATA
-from fashion_mnist_mlp.training.data import Images, load_split
-from fashion_mnist_mlp.training.engine import steps_per_epoch, train_epoch
-from fashion_mnist_mlp.training.fashion_mnist import RAW_FILES
-from fashion_mnist_mlp.training.model import LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD, MLP, MLPConfig
-from fashion_mnist_mlp.training.schedule import build_schedule
+from bench._stages import PYTHON, ROOT, stage_project
+from fashion_mnist_mlp.tools.lesson import LESSON
 
-# forward 2·(784·512 + 512·512 + 512·10) FLOP per image, backward twice that
-FLOP_PER_IMAGE = 3 * 2 * (784 * 512 + 512 * 512 + 512 * 10)
+FLOP_PER_EPOCH = 50_000 * 3 * 2 * (784 * 512 + 512 * 512 + 512 * 10)
+STAGE_SECONDS = re.compile(r"([\d.]+) s per epoch \(median\)")
 
 
-def median_seconds(run_epoch: Callable[[], object], epochs: int) -> float:
-    run_epoch()  # warm-up: allocator, kernels, page cache
-    times = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        run_epoch()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
+def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
+    """params with dotted keys set, as `-S key=value` sets them."""
+    params = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        *path, key = dotted.split(".")
+        section = params
+        for name in path:
+            section = section[name]
+        section[key] = value
+    return params
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def tutorial_epoch(raw_dir: Path, n_images: int) -> Callable[[], None]:
-    """The lesson's loop, verbatim in spirit: Dataset + ToTensor + DataLoader, SGD lr 1e-3."""
-    from torch.utils.data import DataLoader, Subset
-    from torchvision import datasets
-    from torchvision.transforms import ToTensor
-
-    root = Path(tempfile.mkdtemp())
-    folder = root / "FashionMNIST" / "raw"
-    folder.mkdir(parents=True)
-    for raw in RAW_FILES.values():  # torchvision reads the decompressed files when present
-        (folder / raw.name.removesuffix(".gz")).write_bytes(
-            gzip.decompress((raw_dir / raw.name).read_bytes())
-        )
-    data = datasets.FashionMNIST(root=root, train=True, download=False, transform=ToTensor())
-    loader = DataLoader(Subset(data, range(n_images)), batch_size=64, shuffle=True)
-
-    class NeuralNetwork(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.flatten = nn.Flatten()
-            self.linear_relu_stack = nn.Sequential(
-                nn.Linear(28 * 28, 512),
-                nn.ReLU(),
-                nn.Linear(512, 512),
-                nn.ReLU(),
-                nn.Linear(512, 10),
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.linear_relu_stack(self.flatten(x))
-
-    model = NeuralNetwork()
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    return lambda: lesson_train_loop(loader, model, loss_fn, optimizer)
-
-
-def lesson_train_loop(
-    loader: Iterable, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
-) -> None:
-    """The lesson's train_loop: one pass over the loader."""
-    model.train()
-    for x, y in loader:
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-
-
-def project_epoch(data: Images, **overrides: object) -> Callable[[], object]:
-    """One epoch of the train stage's loop with params.yaml's train section, `overrides` applied."""
-    params = load_params()
-    cfg = params.train.model_copy(update=overrides)
-    model = MLP(MLPConfig.from_params(params.model, LEGACY_PIXEL_MEAN, LEGACY_PIXEL_STD))
-    optimizer = build_optimizer(model.parameters(), cfg, cfg.learning_rate)
-    # a one-cycle schedule long enough for the warm-up and timed epochs, stepped per batch
-    schedule = build_schedule(
-        optimizer,
-        cfg.model_copy(update={"epochs": 1000}),
-        steps_per_epoch(len(data), cfg.batch_size),
-    )
-    loss_fn = build_loss(cfg)
-    generator = torch.Generator().manual_seed(0)
-    return lambda: train_epoch(
-        model, data, loss_fn, optimizer, cfg.batch_size, generator,
-        bf16=cfg.bf16, after_step=schedule.after_batch,
+def stage_seconds(project: Path, params: dict) -> float:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(project / "models", ignore_errors=True)
+    run = subprocess.run(
+        [PYTHON, "-m", "fashion_mnist_mlp.stages.train"],
+        cwd=project, check=True, capture_output=True, text=True,
     )  # fmt: skip
+    return float(STAGE_SECONDS.findall(run.stdout)[-1])
+
+
+def lesson_seconds(epochs: int, threads: int) -> float:
+    run = subprocess.run(
+        [PYTHON, str(ROOT / "bench" / "lesson_loop.py"), f"--epochs={epochs}", f"--threads={threads}"],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return float(STAGE_SECONDS.findall(run.stdout)[-1])
+
+
+def matmul_flops(threads: int) -> float:
+    """float32 FLOP/s of a 4096x4096 product, best of 5, in a fresh process (ATen's own kernels)."""
+    code = (
+        "import sys, time, torch\n"
+        "torch.set_num_threads(int(sys.argv[1]))\n"
+        "a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)\n"
+        "a @ b\n"
+        "times = []\n"
+        "for _ in range(5):\n"
+        "    start = time.perf_counter(); a @ b; times.append(time.perf_counter() - start)\n"
+        "print(2 * 4096**3 / min(times))\n"
+    )
+    run = subprocess.run([PYTHON, "-c", code, str(threads)], check=True, capture_output=True, text=True)
+    return float(run.stdout)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per loop (median)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each row, alternated")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per stage run")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    data = load_split(TRAIN_DATA)
-    n = len(data)
-    default = load_params().train
-    fp32_flops, bf16_flops = matmul_flops(torch.float32), matmul_flops(torch.bfloat16)
-    fp32_bound, bf16_bound = n * FLOP_PER_IMAGE / fp32_flops, n * FLOP_PER_IMAGE / bf16_flops
-
-    def timed(epoch: Callable[[], object]) -> float:
-        return median_seconds(epoch, args.epochs)
-
-    b = default.batch_size
-    rows = {
-        "lesson loop, batch 64, SGD": timed(tutorial_epoch(RAW_DIR, n)),
-        "project loop, batch 64, SGD": timed(
-            project_epoch(data, batch_size=64, optimizer="sgd", precision="fp32")
-        ),
-        f"project loop, batch 64, {default.optimizer}": timed(
-            project_epoch(data, batch_size=64, precision="fp32")
-        ),
-        f"project loop, batch {b}, {default.optimizer}, fp32": timed(
-            project_epoch(data, precision="fp32")
-        ),
-        f"project loop, batch {b}, {default.optimizer}, bf16": timed(
-            project_epoch(data, precision="bf16")
-        ),
-        "bound: fp32 matmul at the measured rate": fp32_bound,
-        "bound: bf16 matmul at the measured rate": bf16_bound,
+    default = yaml.safe_load((ROOT / "params.yaml").read_text())
+    threads = default["numerics"]["threads"]
+    base = with_overrides(default, {"train.epochs": args.epochs, "train.device": "cpu"})
+    lesson = with_overrides(base, {k: v for k, v in LESSON.items() if k.startswith(("train.", "model."))})
+    lesson["train"]["epochs"] = args.epochs
+    rows: dict[str, dict | None] = {
+        "lesson's loop (torchvision DataLoader), batch 64, SGD": None,
+        "train stage, lesson's settings, portable": with_overrides(lesson, {"numerics.cpu": "portable"}),
+        "train stage, lesson's settings, native": with_overrides(lesson, {"numerics.cpu": "native"}),
+        "train stage, default, portable": with_overrides(base, {"numerics.cpu": "portable"}),
+        "train stage, default, native": with_overrides(base, {"numerics.cpu": "native"}),
     }
-    lesson, sgd64, opt64, fp32, bf16 = list(rows.values())[:5]
+    if _cuda_available():
+        rows["train stage, default, GPU"] = with_overrides(default, {"train.epochs": args.epochs, "train.device": "cuda"})
+    seconds: dict[str, list[float]] = {name: [] for name in rows}
+    flops: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="epoch-time-") as tmp:
+        project = Path(tmp)
+        stage_project(project, base)
+        for repeat in range(args.repeats):
+            for name, params in rows.items():
+                if params is None:
+                    seconds[name].append(lesson_seconds(3, threads))
+                else:
+                    seconds[name].append(stage_seconds(project, params))
+                print(f"  run {repeat + 1}/{args.repeats}: {name}: {seconds[name][-1]:.2f} s", file=sys.stderr)
+            flops.append(matmul_flops(threads))
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    bound = FLOP_PER_EPOCH / statistics.median(flops)
     print(
-        f"{n} training images, {args.threads} threads, median of {args.epochs} epochs; matmul "
-        f"fp32 {fp32_flops / 1e9:.0f} GFLOP/s, bf16 {bf16_flops / 1e9:.0f} GFLOP/s "
-        f"(default: batch {b}, {default.precision})"
+        f"{cpu_model()}, {threads} threads; s per epoch (50,000 training images), median of "
+        f"{args.repeats} runs alternated; fp32 matmul {statistics.median(flops) / 1e9:.0f} GFLOP/s"
     )
-    for name, seconds in rows.items():
-        print(f"  {name:<44} {seconds:6.2f} s/epoch")
-    print(f"  lesson / project, batch 64, same SGD:        {lesson / sgd64:5.2f}x (target >= 2.5x)")
-    print(f"  lesson / project, batch 64, {default.optimizer:<16} {lesson / opt64:5.2f}x")
-    print(
-        f"  project fp32 / fp32 bound, batch {b}:      {fp32 / fp32_bound:5.2f}x (target <= 1.3x)"
-    )
-    print(f"  project bf16 / bf16 bound, batch {b}:      {bf16 / bf16_bound:5.2f}x")
+    print("| | s/epoch | runs |\n|---|---|---|")
+    for name, value in median.items():
+        runs = ", ".join(f"{s:.2f}" for s in seconds[name])
+        print(f"| {name} | {value:.2f} | {runs} |")
+    print(f"| fp32 matmul bound (200 GFLOP at the measured rate) | {bound:.2f} | |")
+    names = list(rows)
+    lesson_loop, lesson_portable, lesson_native, portable, native = (median[n] for n in names[:5])
+    print(f"default: portable / native {portable / native:.2f}x (target <= 1.15x), "
+          f"portable / bound {portable / bound:.2f}x (target <= 1.3x), native / bound {native / bound:.2f}x")  # fmt: skip
+    print(f"lesson's settings: lesson's loop / stage {lesson_loop / lesson_portable:.2f}x portable "
+          f"(target >= 2.5x), {lesson_loop / lesson_native:.2f}x native")  # fmt: skip
+
+
+def _cuda_available() -> bool:
+    run = subprocess.run([PYTHON, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True)
+    return run.stdout.strip() == "True"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from torch import nn
 
 from fashion_mnist_mlp.config.sections import Model as ModelParams
 from fashion_mnist_mlp.training.fashion_mnist import CLASSES, IMAGE_SIDE
+from fashion_mnist_mlp.training.portable_matmul import Linear
 
 # What models written before the statistics came from the training split used: those of all
 # 60,000 training images, validation included. Read only for such files (fashion_mnist_mlp/training/model_files.py).
@@ -75,14 +76,14 @@ class MLP(nn.Module):
             layers.append(Dropout(config.input_dropout))
         width = config.in_features
         for hidden in config.hidden:
-            layers.append(nn.Linear(width, hidden))
+            layers.append(Linear(width, hidden))
             if config.batch_norm:
                 layers.append(nn.BatchNorm1d(hidden))
             layers.append(nn.ReLU())
             if config.dropout > 0:
                 layers.append(Dropout(config.dropout))
             width = hidden
-        layers.append(nn.Linear(width, config.num_classes))
+        layers.append(Linear(width, config.num_classes))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

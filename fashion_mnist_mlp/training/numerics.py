@@ -1,12 +1,14 @@
 """What decides the bytes a CPU run writes, pinned so that any x86-64 machine writes the same.
 
-Three things choose a float32 run's rounding on a CPU (measured, ../shared/NOTES.md 2026-12-04):
-ATen's kernels follow the CPU's widest instruction set (AVX-512 here, AVX2 elsewhere); MKL's
-matrix products take a code path per CPU model, and on AMD it ignores every MKL_CBWR branch but
-COMPATIBLE; and the thread count decides how reductions are split. `portable` pins all three:
-ATen's AVX2 kernels, MKL's COMPATIBLE branch (the one Intel documents for identical results on
-Intel and compatible CPUs), and `numerics.threads`. Both variables are read when the first
-kernel runs, not when torch is imported, so a stage pins them before it computes anything.
+Three things choose a float32 run's rounding on a CPU: ATen's kernels follow the CPU's widest
+instruction set (AVX-512 here, AVX2 elsewhere); MKL's matrix products take a code path per CPU
+model, and on AMD it ignores every MKL_CBWR branch but COMPATIBLE (SSE2, 2.2x slower); and the
+thread count decides how reductions and products are split. `portable` pins all three: ATen's
+AVX2 kernels, the model's matrix products on OpenBLAS's Haswell kernel (portable_matmul.py),
+`numerics.threads` threads for those products, and ATen's other kernels on one thread.
+MKL_CBWR=COMPATIBLE still covers any product outside the model's Linear layers. The variables
+are read when the first kernel runs, not when torch is imported, so a stage pins them before it
+computes anything.
 
 Not covered: MKL's vector `sqrt` (torch.sqrt on float tensors) starts from the CPU's
 approximate reciprocal square root, whose bits differ between CPU models under every branch;
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from fashion_mnist_mlp.cli import StageError
+from fashion_mnist_mlp.training import portable_matmul
 
 if TYPE_CHECKING:
     from fashion_mnist_mlp.config.sections import Numerics
@@ -65,6 +68,7 @@ def in_effect() -> list[object]:
         torch.get_num_threads(),
         torch.backends.cpu.get_cpu_capability(),
         os.environ.get("MKL_CBWR"),
+        portable_matmul.threads(),
     ]
 
 
@@ -73,6 +77,7 @@ def pin(numerics: Numerics, processes: int = 1, train: Train | None = None) -> N
     numerics.threads; call it before the first tensor operation. `train`: the settings of
     the stage's training, if it trains, whose bytes some choices tie to one CPU model."""
     notes = []
+    threads = None if numerics.threads == "auto" else numerics.threads // processes
     if numerics.cpu == "portable":
         unsupported = portable_unsupported(cpu_flags())
         if unsupported:
@@ -91,8 +96,12 @@ def pin(numerics: Numerics, processes: int = 1, train: Train | None = None) -> N
                     "fashion_mnist_mlp.stages.<name>, or dvc repro)"
                 )
             notes += unportable_choices(numerics, train)
+            # ATen on one thread: its pool and OpenBLAS's would spin against each other
+            portable_matmul.use_openblas(threads or torch.get_num_threads())
+            threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
     if numerics.threads != "auto":
-        torch.set_num_threads(numerics.threads // processes)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         if cores and numerics.threads > cores:
             notes.append(

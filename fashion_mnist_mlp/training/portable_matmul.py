@@ -1,0 +1,145 @@
+"""The model's matrix products on one fixed kernel: OpenBLAS's Haswell sgemm, on any x86-64 CPU.
+
+MKL picks its matrix-product code by CPU model, and its one branch that gives the same bits on
+Intel and AMD (MKL_CBWR=COMPATIBLE) is SSE2, 2.2x slower here. OpenBLAS takes its kernel from
+OPENBLAS_CORETYPE: pinned to Haswell (AVX2 + FMA), every such CPU runs the same instructions in
+the same order. Its blocking does not follow the cache size (OPENBLAS_L2_SIZE 64 to 4096 KiB
+gave the same bits), and its threads split the output, not the sum, along boundaries that
+depend only on the shapes and the thread count (measured in tests/test_portable_matmul.py).
+
+The library is scipy-openblas32, the build NumPy and SciPy ship, locked in uv.lock; this module
+loads its own instance, so NumPy's copy and the user's OPENBLAS_* settings are left alone.
+Its worker threads sleep as soon as a product ends (OPENBLAS_THREAD_TIMEOUT), and ATen runs on
+one thread meanwhile: two pools spinning on the same cores took 5x as long an epoch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CORETYPE = "Haswell"
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_LOAD_ENV = {"OPENBLAS_CORETYPE": CORETYPE, "OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
+class _OpenBLAS:
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.lib = _load_library()
+        self.lib.scipy_openblas_set_num_threads(threads)
+        sgemm = self.lib.scipy_cblas_sgemm
+        i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+        sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+        sgemm.restype = None
+        self.sgemm = sgemm
+
+    def mm(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, beta: float) -> torch.Tensor:
+        """out = a @ b + beta * out, for 2-D float32 CPU tensors; `out` contiguous."""
+        (m, k), n = a.shape, b.shape[1]
+        if m == 0 or n == 0:
+            return out
+        a, trans_a, lda = _operand(a)
+        b, trans_b, ldb = _operand(b)
+        self.sgemm(
+            _ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0,
+            a.data_ptr(), lda, b.data_ptr(), ldb, beta, out.data_ptr(), max(1, n),
+        )  # fmt: skip
+        return out
+
+
+def _load_library() -> ctypes.CDLL:
+    """Load a fresh OpenBLAS with the Haswell kernel. It reads its settings once, when loaded:
+    they are set for that moment and put back after."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scipy-openblas32 is not installed (uv sync installs it)")
+    # not `import scipy_openblas32`: importing it loads the library before the settings are set
+    path = Path(spec.submodule_search_locations[0]) / "lib" / "libscipy_openblas.so"
+    saved = {key: os.environ.get(key) for key in _LOAD_ENV}
+    os.environ.update(_LOAD_ENV)
+    try:
+        lib = ctypes.CDLL(str(path))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    lib.scipy_openblas_get_corename.restype = ctypes.c_char_p
+    core = lib.scipy_openblas_get_corename().decode()
+    if core != CORETYPE:
+        raise RuntimeError(f"OpenBLAS runs its {core} kernel, not {CORETYPE}")
+    return lib
+
+
+def _operand(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """`x` as BLAS reads it: the tensor, whether it is stored transposed, its leading dimension."""
+    rows, cols = x.shape
+    if x.stride(1) == 1 and x.stride(0) >= max(1, cols):
+        return x, _NO_TRANS, x.stride(0)
+    if x.stride(0) == 1 and x.stride(1) >= max(1, rows):
+        return x, _TRANS, x.stride(1)
+    x = x.contiguous()
+    return x, _NO_TRANS, max(1, cols)
+
+
+_blas: _OpenBLAS | None = None
+
+
+def use_openblas(threads: int) -> None:
+    """Route every Linear's float32 CPU products through OpenBLAS's Haswell kernel, on
+    `threads` threads, for the rest of this process."""
+    global _blas
+    _blas = _OpenBLAS(threads)
+
+
+def threads() -> int | None:
+    """OpenBLAS's thread count in this process; None where the model's products are ATen's."""
+    return None if _blas is None else _blas.threads
+
+
+class _LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        rows = (x.shape[0], weight.shape[0])
+        out = bias.expand(rows).contiguous() if bias is not None else torch.empty(rows)
+        return _blas.mm(x, weight.t(), out, beta=1.0 if bias is not None else 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _blas.mm(grad, weight, torch.empty(x.shape), beta=0.0)
+        if ctx.needs_input_grad[1]:
+            grad_w = _blas.mm(grad.t(), x, torch.empty(weight.shape), beta=0.0)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state_dict) whose float32 CPU products take the fixed
+    kernel once `use_openblas` was called; everything else is nn.Linear's own path."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            _blas is None
+            or x.dim() != 2
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or self.weight.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")
+        ):
+            return F.linear(x, self.weight, self.bias)
+        return _LinearFunction.apply(x, self.weight, self.bias)
