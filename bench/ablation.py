@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._experiments import dvc, fresh_clone, metrics_of, run_queued, write_between_markers
-from bench.epoch_time import lesson_train_loop
+from bench.lesson_loop import train_loop as lesson_train_loop
 from bench.pipeline import ENV, ROOT
 from fashion_mnist_mlp.config.paths import RAW_DIR, TEST_DATA, TRAIN_DATA
 from fashion_mnist_mlp.tools.lesson import STEPS, TRIED, cumulative, spelled

@@ -86,7 +86,9 @@ def matmul_flops(threads: int) -> float:
         "    start = time.perf_counter(); a @ b; times.append(time.perf_counter() - start)\n"
         "print(2 * 4096**3 / min(times))\n"
     )
-    run = subprocess.run([PYTHON, "-c", code, str(threads)], check=True, capture_output=True, text=True)
+    run = subprocess.run(
+        [PYTHON, "-c", code, str(threads)], check=True, capture_output=True, text=True
+    )
     return float(run.stdout)
 
 
@@ -98,17 +100,25 @@ def main() -> None:
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     threads = default["numerics"]["threads"]
     base = with_overrides(default, {"train.epochs": args.epochs, "train.device": "cpu"})
-    lesson = with_overrides(base, {k: v for k, v in LESSON.items() if k.startswith(("train.", "model."))})
+    lesson = with_overrides(
+        base, {k: v for k, v in LESSON.items() if k.startswith(("train.", "model."))}
+    )
     lesson["train"]["epochs"] = args.epochs
     rows: dict[str, dict | None] = {
         "lesson's loop (torchvision DataLoader), batch 64, SGD": None,
-        "train stage, lesson's settings, portable": with_overrides(lesson, {"numerics.cpu": "portable"}),
-        "train stage, lesson's settings, native": with_overrides(lesson, {"numerics.cpu": "native"}),
+        "train stage, lesson's settings, portable": with_overrides(
+            lesson, {"numerics.cpu": "portable"}
+        ),
+        "train stage, lesson's settings, native": with_overrides(
+            lesson, {"numerics.cpu": "native"}
+        ),
         "train stage, default, portable": with_overrides(base, {"numerics.cpu": "portable"}),
         "train stage, default, native": with_overrides(base, {"numerics.cpu": "native"}),
     }
     if _cuda_available():
-        rows["train stage, default, GPU"] = with_overrides(default, {"train.epochs": args.epochs, "train.device": "cuda"})
+        rows["train stage, default, GPU"] = with_overrides(
+            default, {"train.epochs": args.epochs, "train.device": "cuda"}
+        )
     seconds: dict[str, list[float]] = {name: [] for name in rows}
     flops: list[float] = []
     with tempfile.TemporaryDirectory(prefix="epoch-time-") as tmp:
@@ -120,7 +130,10 @@ def main() -> None:
                     seconds[name].append(lesson_seconds(3, threads))
                 else:
                     seconds[name].append(stage_seconds(project, params))
-                print(f"  run {repeat + 1}/{args.repeats}: {name}: {seconds[name][-1]:.2f} s", file=sys.stderr)
+                print(
+                    f"  run {repeat + 1}/{args.repeats}: {name}: {seconds[name][-1]:.2f} s",
+                    file=sys.stderr,
+                )
             flops.append(matmul_flops(threads))
     median = {name: statistics.median(values) for name, values in seconds.items()}
     bound = FLOP_PER_EPOCH / statistics.median(flops)
@@ -142,7 +155,11 @@ def main() -> None:
 
 
 def _cuda_available() -> bool:
-    run = subprocess.run([PYTHON, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True, text=True)
+    run = subprocess.run(
+        [PYTHON, "-c", "import torch; print(torch.cuda.is_available())"],
+        capture_output=True,
+        text=True,
+    )
     return run.stdout.strip() == "True"
 
 

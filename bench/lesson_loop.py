@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from torchvision import datasets
-from torchvision.transforms import ToTensor
 
 RAW = Path("/usr/share/datasets/fashion-mnist")
 # torchvision checks for all four files, though the loop reads the training ones only
-FILES = [f"{s}-{k}-idx{d}-ubyte" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+FILES = [
+    f"{s}-{k}-idx{d}-ubyte" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))
+]
 IMAGES = 50_000
 
 
@@ -45,7 +45,7 @@ class NeuralNetwork(nn.Module):
         return self.linear_relu_stack(self.flatten(x))
 
 
-def train_loop(dataloader, model, loss_fn, optimizer) -> None:  # noqa: ANN001 (the lesson's)
+def train_loop(dataloader, model, loss_fn, optimizer) -> None:
     model.train()
     for X, y in dataloader:
         loss = loss_fn(model(X), y)
@@ -59,6 +59,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    # here, not at the top: --help works without the bench group (uv sync --group bench)
+    from torchvision import datasets
+    from torchvision.transforms import ToTensor
+
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as root:
         folder = Path(root) / "FashionMNIST" / "raw"

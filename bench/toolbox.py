@@ -14,9 +14,11 @@ about 4x that; 17 runs in all.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import tempfile
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,19 +39,20 @@ def runs() -> dict[str, dict[str, str]]:
 
 
 def epoch_seconds(repo: Path, wanted: dict[str, dict[str, str]]) -> dict[str, float]:
-    """Name -> median seconds of a training epoch with its overrides, measured one after
-    another in this process (torch's threads alone on the machine)."""
-    from bench.epoch_time import median_seconds, project_epoch
-    from fashion_mnist_mlp.config.paths import TRAIN_DATA
-    from fashion_mnist_mlp.training.data import load_split
+    """Name -> the train stage's median epoch seconds with its overrides (3 epochs): one real
+    stage process each, one after another (the machine to itself)."""
+    from bench._stages import stage_project
+    from bench.epoch_time import stage_seconds, with_overrides
 
-    os.chdir(repo)  # project_epoch reads the clone's params.yaml
-    data = load_split(TRAIN_DATA)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     seconds = {}
-    for name, overrides in wanted.items():
-        train_keys = {k.removeprefix("train."): v for k, v in overrides.items()}
-        seconds[name] = median_seconds(project_epoch(data, **train_keys), epochs=3)
-        print(f"{name}: {seconds[name]:.2f} s/epoch", flush=True)
+    with tempfile.TemporaryDirectory(prefix="toolbox-") as tmp:
+        project = Path(tmp)
+        stage_project(project, params)
+        for name, overrides in wanted.items():
+            changed = with_overrides(params, {**overrides, "train.epochs": 3})
+            seconds[name] = stage_seconds(project, changed)
+            print(f"{name}: {seconds[name]:.2f} s/epoch", flush=True)
     return seconds
 
 

@@ -37,8 +37,10 @@ def pinned(numerics: str, before: str = "", train: str = "None", processes: int 
         from fashion_mnist_mlp.config.sections import Numerics
         {before}
         pin(Numerics.model_validate({numerics}), {processes}, {train})
+        from fashion_mnist_mlp.training import portable_matmul
         print(torch.backends.cpu.get_cpu_capability(), os.environ.get("MKL_CBWR"),
-              torch.get_num_threads(), os.environ.get("ATEN_CPU_CAPABILITY"))
+              portable_matmul.threads(), torch.get_num_threads(),
+              os.environ.get("ATEN_CPU_CAPABILITY"))
     """)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
@@ -75,20 +77,21 @@ def test_portable_on_a_cpu_without_avx2_says_so_and_runs_its_own_kernels() -> No
         "lacks AVX2: running its own kernels, so the bytes hold on this machine only"
     )
     assert note in out, out
-    assert out.split()[-4:] == [native_capability(), "None", "1", "None"]  # nothing pinned
+    assert out.split()[-5:] == [native_capability(), "None", "None", "1", "None"]  # nothing pinned
 
 
 @pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
-def test_portable_pins_atens_avx2_kernels_mkls_compatible_branch_and_the_threads() -> None:
+def test_portable_pins_atens_avx2_kernels_the_openblas_products_and_their_threads() -> None:
+    # the model's products on numerics.threads OpenBLAS threads, ATen's other kernels on one
     out = pinned("{'cpu': 'portable', 'threads': 2}")
-    assert out.split() == ["AVX2", "COMPATIBLE", "2", "avx2"], out
+    assert out.split() == ["AVX2", "COMPATIBLE", "2", "1", "avx2"], out
     # shared by the processes of a torchrun run
-    assert pinned("{'cpu': 'portable', 'threads': 4}", processes=2).split()[-2] == "2"
+    assert pinned("{'cpu': 'portable', 'threads': 4}", processes=2).split()[-3:-1] == ["2", "1"]
 
 
 def test_native_leaves_the_kernels_to_the_cpu() -> None:
     out = pinned("{'cpu': 'native', 'threads': 'auto'}")
-    assert out.split() == [native_capability(), "None", "1", "None"], out  # auto: OMP's 1
+    assert out.split() == [native_capability(), "None", "None", "1", "None"], out  # auto: OMP's 1
 
 
 @pytest.mark.skipif(portable_unsupported(cpu_flags()) is not None, reason="no x86-64 AVX2 CPU")
