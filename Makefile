@@ -77,9 +77,6 @@ lesson: setup ## the lesson's exact setup (SGD lr 1e-3, batch 64, 10 epochs ...)
 ablation: setup ## from the lesson's setup to the default one change at a time, queued on full data: docs/benchmarks.md's table (~40 min)
 	$(UV) run --no-sync python bench/ablation.py
 
-bench: setup ## pipeline cost, ONNX vs PyTorch throughput, loop vs lesson vs bound (~8 min)
-	$(UV) run --no-sync python bench/pipeline.py
-	$(UV) run --no-sync dvc repro
-	$(UV) run --no-sync python bench/inference.py
-	$(UV) run --group bench python bench/epoch_time.py
+bench: setup ## epoch time side by side: the lesson's loop, the train stage under portable and native, the fp32 bound (~5 min; ARGS: --repeats N)
+	$(UV) run --group bench python bench/epoch_time.py $(ARGS)
 	$(UV) sync --locked --quiet  # drop torchvision again (see pyproject.toml)

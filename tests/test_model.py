@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fashion_mnist_mlp.training.model import MLP, Dropout, MLPConfig
+from fashion_mnist_mlp.training.model import MLP, Dropout, MLPConfig, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
@@ -60,3 +60,17 @@ def test_mlp_state_dict_is_the_plain_linear_layers() -> None:
 def test_data_stages_start_without_importing_torch(stage: str) -> None:
     code = f"import sys, fashion_mnist_mlp.stages.{stage}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_dropout_masks_of_any_size_are_independent_lane_by_lane() -> None:
+    # four elements share one 64-bit draw: their keeps must not be related
+    torch.manual_seed(0)
+    mask = keep_mask(torch.Size([1001, 999]), 0.3)  # not a multiple of the 4 lanes
+    assert mask.shape == (1001, 999)
+    kept = (mask != 0).flatten().float()
+    assert kept.mean().item() == pytest.approx(0.7, abs=0.003)
+    for lag in (1, 2, 3, 4):
+        together = (kept[:-lag] * kept[lag:]).mean().item()
+        assert together == pytest.approx(0.49, abs=0.004), lag
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask(torch.Size([1001, 999]), 0.3), mask)  # seeded

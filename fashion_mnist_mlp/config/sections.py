@@ -116,5 +116,6 @@ class Numerics(Strict):
     """portable: the same bytes on every x86-64 CPU with AVX2 and FMA (fashion_mnist_mlp/training/numerics.py);
     native: each CPU's fastest kernels, whose bytes hold on one CPU model."""
     threads: Annotated[int, Field(ge=1, le=256)] | Literal["auto"]
-    """Intra-op threads of a run, shared by its train.nproc processes; the summation order,
-    and so the bytes, depend on it. auto: torch's default (OMP_NUM_THREADS, or the cores)."""
+    """Threads of a run, shared by its train.nproc processes: under portable, the matrix
+    products' (ATen's other kernels take one); under native, all of ATen's. How the work is
+    split, and so the bytes, depend on it. auto: torch's default (OMP_NUM_THREADS, or the cores)."""
