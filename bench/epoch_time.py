@@ -59,18 +59,19 @@ def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
 def stage_seconds(project: Path, params: dict) -> float:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(project / "models", ignore_errors=True)
-    run = subprocess.run(
-        [PYTHON, "-m", "fashion_mnist_mlp.stages.train"],
-        cwd=project, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return float(STAGE_SECONDS.findall(run.stdout)[-1])
+    return printed_seconds([PYTHON, "-m", "fashion_mnist_mlp.stages.train"], cwd=project)
 
 
 def lesson_seconds(epochs: int, threads: int) -> float:
-    run = subprocess.run(
-        [PYTHON, str(ROOT / "bench" / "lesson_loop.py"), f"--epochs={epochs}", f"--threads={threads}"],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    script = ROOT / "bench" / "lesson_loop.py"
+    return printed_seconds([PYTHON, script, f"--epochs={epochs}", f"--threads={threads}"])
+
+
+def printed_seconds(command: list, cwd: Path | None = None) -> float:
+    """The `X s per epoch (median)` a process prints; its output if it fails."""
+    run = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"{' '.join(map(str, command))} failed:\n{run.stdout}{run.stderr}")
     return float(STAGE_SECONDS.findall(run.stdout)[-1])
 
 
