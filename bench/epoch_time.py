@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import re
 import shutil
@@ -100,6 +101,8 @@ def main() -> None:
     args = parser.parse_args()
     default = yaml.safe_load((ROOT / "params.yaml").read_text())
     threads = default["numerics"]["threads"]
+    if threads == "auto":
+        threads = len(os.sched_getaffinity(0))
     base = with_overrides(default, {"train.epochs": args.epochs, "train.device": "cpu"})
     lesson = with_overrides(
         base, {k: v for k, v in LESSON.items() if k.startswith(("train.", "model."))}
@@ -128,7 +131,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, params in rows.items():
                 if params is None:
-                    seconds[name].append(lesson_seconds(3, threads))
+                    seconds[name].append(lesson_seconds(args.epochs, threads))
                 else:
                     seconds[name].append(stage_seconds(project, params))
                 print(

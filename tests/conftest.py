@@ -18,6 +18,7 @@ import yaml
 
 from fashion_mnist_mlp.config.params import Params, load_params
 from fashion_mnist_mlp.config.paths import MODELS, PARAMS_FILE, RAW_DIR
+from fashion_mnist_mlp.training import portable_matmul
 from fashion_mnist_mlp.training.checkpoints import save_model
 from fashion_mnist_mlp.training.data import Images
 from fashion_mnist_mlp.training.fashion_mnist import read_images_and_labels
@@ -178,6 +179,7 @@ def run_in_process(work: Workdir, stage: str) -> None:
         os.chdir(previous)
         torch.set_num_threads(threads)
         drop_portable_env(os.environ)  # the stage's pin() set them: no command may inherit them
+        portable_matmul.use_aten()  # and the products: the next test's are ATen's again
 
 
 @pytest.fixture()

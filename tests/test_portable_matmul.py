@@ -130,3 +130,75 @@ def test_a_small_sum_runs_on_one_thread_and_the_split_is_kept_per_shape(openblas
         hashlib.sha256(first.numpy().tobytes()).digest()
         == hashlib.sha256(again.numpy().tobytes()).digest()
     )
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2])
+def test_a_batch_of_any_size_leaves_the_parameters_alone(openblas: None, rows: int) -> None:
+    # for one row, bias.expand(...).contiguous() is the bias itself: the product must not land there
+    torch.manual_seed(0)
+    layer = portable_matmul.Linear(4, 3)
+    before = {name: p.clone() for name, p in layer.named_parameters()}
+    x = torch.randn(rows, 4)
+    first, second = layer(x), layer(x)
+    assert torch.equal(first, second)
+    assert torch.allclose(first, F.linear(x, layer.weight, layer.bias), atol=1e-6)
+    for name, p in layer.named_parameters():
+        assert torch.equal(p, before[name]), name
+    assert rows == 0 or first.data_ptr() != layer.bias.data_ptr()
+
+
+def test_the_products_are_float32_whatever_the_default_dtype(openblas: None) -> None:
+    layer = portable_matmul.Linear(4, 3, bias=False)
+    x = torch.randn(2, 4, requires_grad=True)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = layer(x)
+        out.sum().backward()
+    finally:
+        torch.set_default_dtype(previous)
+    assert out.dtype == x.grad.dtype == layer.weight.grad.dtype == torch.float32
+    assert torch.allclose(out, x.detach() @ layer.weight.detach().t(), atol=1e-6)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True
+    )
+
+
+def test_a_later_native_pin_gives_the_products_back_to_aten() -> None:
+    run = run_python("""
+        from fashion_mnist_mlp.config.sections import Numerics
+        from fashion_mnist_mlp.training import portable_matmul
+        from fashion_mnist_mlp.training.numerics import pin
+        pin(Numerics(cpu="portable", threads=2))
+        print(portable_matmul.threads())
+        pin(Numerics(cpu="native", threads=2))
+        print(portable_matmul.threads())
+    """)
+    assert run.stdout.split() == ["2", "None"], run.stdout + run.stderr
+
+
+def test_an_openblas_loaded_before_the_pin_is_refused_with_the_way_out() -> None:
+    run = run_python("""
+        import scipy_openblas32, ctypes
+        from fashion_mnist_mlp.training import portable_matmul
+        lib = scipy_openblas32.dll
+        lib.scipy_openblas_get_corename.restype = ctypes.c_char_p
+        print(lib.scipy_openblas_get_corename().decode())
+        try:
+            portable_matmul.use_openblas(2)
+        except Exception as e:
+            print(f"{type(e).__name__}: {e}")
+    """)
+    own_core, _, message = run.stdout.partition("\n")
+    if own_core == portable_matmul.CORETYPE:
+        pytest.skip("this CPU's own OpenBLAS kernel is the Haswell one: nothing to refuse")
+    assert message.startswith(
+        "StageError: numerics.cpu = portable needs OpenBLAS's Haswell kernel"
+    ), run.stdout + run.stderr
+    assert (
+        f"runs its {own_core} kernel" in message and "Start the stage in a fresh process" in message
+    )

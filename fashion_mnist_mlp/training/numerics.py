@@ -78,6 +78,7 @@ def pin(numerics: Numerics, processes: int = 1, train: Train | None = None) -> N
     the stage's training, if it trains, whose bytes some choices tie to one CPU model."""
     notes = []
     threads = None if numerics.threads == "auto" else numerics.threads // processes
+    portable_matmul.use_aten()  # until the portable kernels are known to run here
     if numerics.cpu == "portable":
         unsupported = portable_unsupported(cpu_flags())
         if unsupported:
