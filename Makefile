@@ -6,7 +6,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: help setup dataset browser repro quick test lint exps queue search report lesson ablation bench
+.PHONY: help setup dataset browser services repro quick test lint exps queue search dashboard report lesson ablation bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ browser: ## install Debian's chromium, which the tests open the offline plots pa
 		&& $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "no chromium: the offline plots tests are skipped"
 
+services: ## install Debian's PostgreSQL and OpenSSH server, which the team tests start on loopback
+	@command -v /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v /usr/sbin/sshd >/dev/null 2>&1 \
+		|| { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq \
+		&& $(SUDO) apt-get install -y -qq postgresql openssh-server >/dev/null; } \
+		|| echo "no apt-get: the PostgreSQL and SSH tests are skipped"
+
 repro: setup ## run the default pipeline: download → split → train → swa → evaluate → export
 	$(UV) run --no-sync dvc repro
 
@@ -45,7 +51,7 @@ quick: setup ## the whole pipeline on 4,000 training images, 3 + 2 epochs (40-60
 	@if git show-ref --verify --quiet $(QUICK_REF); then $(UV) run --no-sync dvc exp remove quick; fi
 	$(UV) run --no-sync dvc exp run --temp -n quick $(QUICK) $(ARGS)
 
-test: setup browser ## run the test suite (unit and end-to-end)
+test: setup browser services ## run the test suite (unit and end-to-end)
 	$(UV) run --no-sync pytest
 
 lint: setup ## ruff lint and format check
@@ -66,6 +72,11 @@ search: ## Optuna search over search/space.yaml: TRIALS trials (20) shared by WO
 	@pids=; for w in $$(seq 0 $$(( $(WORKERS) - 1 ))); do \
 		$(UV) run --no-sync python -m fashion_mnist_mlp.tools.search --trials $(TRIALS) --worker $$w & pids="$$pids $$!"; \
 	done; status=0; for p in $$pids; do wait $$p || status=$$?; done; exit $$status
+
+STORAGE ?= sqlite:///search/study.db
+PORT ?= 8080
+dashboard: ## serve optuna-dashboard on the search's study at http://127.0.0.1:PORT (STORAGE: its URL)
+	$(UV) run --no-sync optuna-dashboard --host 127.0.0.1 --port $(PORT) "$(STORAGE)"
 
 REV ?= main
 report: ## report.md for a pull request: params, metrics and changed plots vs REV (main), best search trials

@@ -167,5 +167,7 @@ def test_a_trial_that_cannot_reach_the_study_says_so_without_the_password(
     monkeypatch.setenv(TRIAL_ENV, f"{unreachable()} 7")
     assert epoch_reporter() is None  # train goes on, reporting nothing
     out = capsys.readouterr().out
-    assert out.startswith("train: note: cannot reach the search's study (--storage "), out
+    assert out.startswith(
+        "train: note: cannot reach the search's study (cannot use the study's storage "
+    ), out
     assert PASSWORD not in out and "alice:***@127.0.0.1:" in out, out

@@ -20,6 +20,12 @@ its log: not a failure, as the study asked for them.
 The study lives in any SQLAlchemy URL (`--storage`): SQLite in search/ by default, PostgreSQL
 for workers on several machines (docs/search.md); messages show its password masked. `--plots
 DIR` draws the study's history and parameter importances as PNGs and runs nothing.
+
+Workers on several machines: each sends a heartbeat while its trial runs (`--heartbeat`); a
+trial whose worker died (killed, its machine gone) is failed by the next worker that asks, and
+asked again with its values, so the study still reaches --trials. `--push GIT_REMOTE` sends
+each finished trial's experiment to that git remote and its outputs to the DVC remote (`dvc exp
+push`); a push that fails is said, and the experiment stays in this clone.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import hashlib
 import re
 import signal
 import subprocess
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +50,13 @@ from fashion_mnist_mlp.config.loader import parse_raw_params
 from fashion_mnist_mlp.config.paths import PARAMS_FILE
 from fashion_mnist_mlp.tools.space import SPACE_FILE, Space, decode, load_space, refusal
 from fashion_mnist_mlp.tools.study_summary import shown, summary, write_plots
-from fashion_mnist_mlp.tools.trial_runner import run_trial
-from fashion_mnist_mlp.tools.trials import connect, masked, storage_errors
+from fashion_mnist_mlp.tools.trial_runner import beat, forget_dead_runs, run_trial
+from fashion_mnist_mlp.tools.trials import GRACE_HEARTBEATS, connect, masked, storage_errors
+
+# optuna calls its heartbeat and retry API experimental (since 2.8), and warns that heartbeats
+# are meant for study.optimize: here each trial runs as a process, and the worker beats for it
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 SEARCH_DIR = Path("search")
 DEFAULT_STORAGE = SEARCH_DIR / "study.db"
@@ -65,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             write_plots(load_study(args.study, storage), args.plots)
             return
         space = load_space(args.space)
-        study = open_study(args.study, storage, space, args.worker)
-        search(study, space, args.trials, storage)
+        study = open_study(args.study, storage, space, args.worker, args.heartbeat)
+        search(study, space, args.trials, storage, args.push)
         print("\n".join(f"search: {line}" for line in summary(study)))
 
 
@@ -97,6 +110,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=0,
         help="this worker's number: give each worker of one study its own",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=positive,
+        default=10,
+        metavar="SECONDS",
+        help="how often a worker says it still runs its trial; a trial silent for 3 of them is "
+        "retried by another worker (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--push",
+        metavar="GIT_REMOTE",
+        help="send each finished trial's experiment to this git remote and its outputs to the "
+        "DVC remote (dvc exp push)",
     )
     parser.add_argument(
         "--plots",
@@ -134,7 +161,9 @@ def storage_url(url: str) -> str:
     return url
 
 
-def open_study(name: str, storage: str, space: Space, worker: int) -> optuna.study.Study:
+def open_study(
+    name: str, storage: str, space: Space, worker: int, heartbeat_s: int | None = None
+) -> optuna.study.Study:
     pruner = (
         optuna.pruners.MedianPruner(
             n_startup_trials=space.startup_trials, n_warmup_steps=space.warmup_epochs
@@ -144,7 +173,7 @@ def open_study(name: str, storage: str, space: Space, worker: int) -> optuna.stu
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this module says what happens
     study = optuna.create_study(
-        study_name=name, storage=connect(storage), pruner=pruner, direction="maximize",
+        study_name=name, storage=connect(storage, heartbeat_s), pruner=pruner, direction="maximize",
         load_if_exists=True,
     )  # fmt: skip
     digest = space.digest()
@@ -181,21 +210,29 @@ def load_study(name: str, storage: str) -> optuna.study.Study:
         ) from None
 
 
-def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -> None:
+def search(
+    study: optuna.study.Study, space: Space, trials: int, storage: str, push: str | None = None
+) -> None:
     failures = 0
     baseline = stable_baseline()
     base = baseline.raw_params()  # what every trial starts from while the loop's check holds
-    while len(study.get_trials(deepcopy=False, states=ASKED)) < trials:
+    while counted(study) < trials or stale_trials_found(study, trials):
         if stable_baseline() != baseline:
             raise StageError(
                 f"{PARAMS_FILE} or the checked-out commit changed while the search ran: the "
                 "next trials would start from another baseline than the earlier ones. Restore "
                 "them to go on with this study, or start a new one (--study NEW)"
             )
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, asked again
+        for dead in forget_dead_runs(ended_experiments(study)):
+            print(f"search: removed the temporary copy of {dead}, whose run was killed", flush=True)
         trial = study.ask(space.distributions())
+        beat(trial)
         name = f"{study.study_name}-{trial.number}"
         values = decode(trial.params)
-        print(f"search: trial {trial.number} ({name}): {shown(values)}", flush=True)
+        print(
+            f"search: trial {trial.number} ({name}): {shown(values)}{retrying(trial)}", flush=True
+        )
         try:
             if refused(trial, name, values, base):
                 study.tell(trial, state=TrialState.PRUNED)
@@ -209,9 +246,63 @@ def search(study: optuna.study.Study, space: Space, trials: int, storage: str) -
         study.tell(trial, value, state=state)
         if state == TrialState.COMPLETE:
             print(f"search: trial {trial.number}: validation accuracy {value:.4f}", flush=True)
+            if push is not None:
+                push_experiment(name, push)
         failures = failures + 1 if state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             raise StageError(f"{failures} trials in a row failed: see their logs in {LOG_DIR}/")
+
+
+def counted(study: optuna.study.Study) -> int:
+    """The trials that count towards --trials: all asked, but a dead worker's that was asked
+    again (its retry counts instead)."""
+    asked = study.get_trials(deepcopy=False, states=ASKED)
+    retried = {
+        optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in asked
+    }
+    return sum(t.number not in retried for t in asked)
+
+
+def ended_experiments(study: optuna.study.Study) -> set[str]:
+    ended = study.get_trials(
+        deepcopy=False, states=(TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED)
+    )
+    return {f"{study.study_name}-{t.number}" for t in ended}
+
+
+def stale_trials_found(study: optuna.study.Study, trials: int) -> bool:
+    """At the count with trials still running: wait until a dead worker's trial would be stale
+    (GRACE_HEARTBEATS heartbeats), fail it, and say whether its retry brought the count back
+    below --trials. A worker dying later leaves its trial to the next search (any worker's)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return False
+    # one heartbeat more than the grace: the database's clock may count whole seconds
+    time.sleep((GRACE_HEARTBEATS + 1) * (study._storage.get_heartbeat_interval() or 0))
+    optuna.storages.fail_stale_trials(study)
+    return counted(study) < trials
+
+
+def retrying(trial: Trial) -> str:
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    dead = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return "" if dead is None else f" (trial {dead} again: its worker stopped)"
+
+
+def push_experiment(name: str, remote: str) -> None:
+    """`dvc exp push`: the experiment's commit to the git remote, its outputs to the DVC remote.
+    A failed push loses nothing: the experiment stays here, and the command to retry is said."""
+    run = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "push", remote, name], capture_output=True, text=True
+    )
+    if run.returncode == 0:
+        print(f"search: {name} pushed to {remote} and the DVC remote", flush=True)
+        return
+    reason = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+    print(
+        f"search: could not push {name} ({reason[0]}): it stays in this clone; push it once "
+        f"the remote is back: dvc exp push {remote} {name}",
+        flush=True,
+    )
 
 
 def refused(trial: Trial, name: str, values: dict[str, Any], base: dict) -> bool:

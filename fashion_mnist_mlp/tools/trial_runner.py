@@ -7,8 +7,10 @@ its export stage wrote. fashion_mnist_mlp/tools/search.py asks the study for the
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +42,7 @@ def run_trial(
         reported = 0
         while proc.poll() is None:
             time.sleep(POLL_S)
+            beat(trial)
             # as the stage reported it: `trial` itself knows only what this process reported
             frozen = trial.study._storage.get_trial(trial._trial_id)
             epochs = frozen.intermediate_values
@@ -71,11 +74,52 @@ def run_trial(
             flush=True,
         )
         return TrialState.FAIL, None
+    beat(trial)  # reading the objective takes a few seconds
     try:
         return TrialState.COMPLETE, objective(name)
     except Exception as e:  # an experiment without the metric: this trial failed, not the search
         print(f"search: trial {trial.number}: no objective in {name} ({e})", flush=True)
         return TrialState.FAIL, None
+
+
+def forget_dead_runs(ended: set[str]) -> list[str]:
+    """The `dvc exp run --temp` of a worker killed outright never cleaned up: DVC keeps its
+    temporary copy and lists it in `dvc exp show` as running, for good. Remove this clone's
+    runs whose trial the study has ended (`ended`: their experiment names), as no live run's
+    trial is; their names."""
+    from dvc.repo import Repo
+    from dvc.repo.experiments.executor.base import ExecutorInfo
+
+    forgotten = []
+    with Repo(".") as repo:
+        runs = repo.experiments.tempdir_queue
+        for rev in os.listdir(runs.pid_dir) if os.path.isdir(runs.pid_dir) else []:
+            try:
+                info = ExecutorInfo.load_json(runs.get_infofile_path(rev))
+            except (OSError, ValueError, KeyError):
+                continue
+            if info.name in ended:
+                shutil.rmtree(info.root_dir, ignore_errors=True)
+                shutil.rmtree(os.path.join(runs.pid_dir, rev), ignore_errors=True)
+                forgotten.append(info.name)
+    return forgotten
+
+
+def beat(trial: Trial) -> None:
+    """Tell the study this worker still runs `trial` (where the storage keeps heartbeats)."""
+    storage = trial.study._storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)():
+        storage.record_heartbeat(trial._trial_id)
+
+
+def _die_with_this_worker() -> None:
+    """In the trial's process, before it starts: a worker killed outright (SIGKILL, its
+    machine gone) takes its `dvc exp run` along, which saves no experiment; the study runs the
+    trial again elsewhere (search.py)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1
 
 
 @contextlib.contextmanager
@@ -87,6 +131,7 @@ def running(command: list[str], out: Any, env: dict[str, str]) -> Iterator[subpr
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
         start_new_session=True,
+        preexec_fn=_die_with_this_worker if sys.platform == "linux" else None,
     )
     try:
         yield proc

@@ -65,14 +65,16 @@ def epoch_reporter() -> Callable[[int, float], None] | None:
     return report
 
 
-def connect(url: str) -> RDBStorage:
+def connect(url: str, heartbeat_s: int | None = None) -> RDBStorage:
     """The study's storage at a SQLAlchemy URL; a URL it cannot use stops with one message that
-    shows it masked."""
+    shows it masked. With `heartbeat_s`, a running trial whose worker has sent no heartbeat for
+    GRACE_HEARTBEATS of them is failed by the next worker that looks (optuna's
+    fail_stale_trials) and asked again, with its values, up to MAX_RETRIES times."""
     from sqlalchemy.exc import ArgumentError
 
     try:
         with storage_errors(url):
-            return _open(url)
+            return _open(url, heartbeat_s)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StageError(
             f"--storage {masked(url)!r} is not a SQLAlchemy URL: for example "
@@ -92,24 +94,41 @@ DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb
 psycopg 3; postgresql+psycopg2:// is psycopg2)."""
 
 
-def _open(url: str, attempts: int = 5) -> RDBStorage:
-    """Workers that start together race to create SQLite's tables; the loser retries. SQLite
-    waits up to 60 s for another writer."""
-    from optuna.storages import RDBStorage  # only a search run pays optuna's import
-    from sqlalchemy.exc import IntegrityError, OperationalError
+GRACE_HEARTBEATS = 3
+MAX_RETRIES = 2
+
+
+def _open(url: str, heartbeat_s: int | None = None, attempts: int = 5) -> RDBStorage:
+    """Workers that start together race to create the study's tables (SQLite's, PostgreSQL's);
+    the loser retries. SQLite waits up to 60 s for another writer."""
+    # only a search run pays optuna's import
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+    heartbeat = (
+        {
+            "heartbeat_interval": heartbeat_s,
+            "grace_period": GRACE_HEARTBEATS * heartbeat_s,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRIES
+            ),
+        }
+        if heartbeat_s
+        else {}
+    )
     # optuna fills {SCHEMA_VERSION} into the URL with str.format: a brace in a password would
     # stop it with a KeyError that quotes the password
     escaped = url.replace("{", "{{").replace("}", "}}")
     for attempt in range(1, attempts):
         try:
-            return RDBStorage(escaped, engine_kwargs=engine)
-        except (IntegrityError, OperationalError) as e:
+            return RDBStorage(escaped, engine_kwargs=engine, **heartbeat)
+        # SQLite says "already exists" as an OperationalError, PostgreSQL as a ProgrammingError
+        except (IntegrityError, OperationalError, ProgrammingError) as e:
             if not (isinstance(e, IntegrityError) or "already exists" in str(e)):
                 raise  # not another worker creating the tables
             time.sleep(0.5 * attempt)
-    return RDBStorage(escaped, engine_kwargs=engine)
+    return RDBStorage(escaped, engine_kwargs=engine, **heartbeat)
 
 
 @contextlib.contextmanager

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,14 +185,113 @@ S3_ENV = {
 }
 
 
+SSHD = Path("/usr/sbin/sshd")  # sshd refuses to start unless named by its absolute path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ssh_keygen(path: Path) -> Path:
+    """A new passphrase-less ed25519 key pair at path (private) and path.pub; returns path."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return path
+
+
+def wait_for_banner(server: subprocess.Popen, port: int, log: Path) -> None:
+    """Until sshd on 127.0.0.1:port greets with its SSH banner (not merely until something
+    listens there); fails with sshd's log if it exits or does not answer within 20 s."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"sshd exited {server.returncode}:\n{log.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                if conn.recv(64).startswith(b"SSH-2.0-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"sshd did not answer on 127.0.0.1:{port} in 20 s:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def ssh_server(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
+    """An OpenSSH server of its own on 127.0.0.1 at a free port, not a system service: the
+    user it lets in (whoever runs the tests, root included), its port, and the private key
+    that user logs in with (its only way in: no password, no keyboard-interactive)."""
+    if not SSHD.is_file() or shutil.which("ssh-keygen") is None:
+        pytest.skip(f"no OpenSSH server ({SSHD}, ssh-keygen): install it with `make services`")
+    home = tmp_path / "sshd"
+    home.mkdir()
+    host_key = ssh_keygen(home / "host_ed25519")
+    client_key = ssh_keygen(home / "client_ed25519")
+    authorized = home / "authorized_keys"
+    shutil.copy(client_key.with_suffix(".pub"), authorized)
+    port = free_port()
+    config = home / "sshd_config"
+    config.write_text(
+        f"Port {port}\n"
+        "ListenAddress 127.0.0.1\n"
+        f"HostKey {host_key}\n"
+        f"PidFile {home / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {authorized}\n"
+        "PubkeyAuthentication yes\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\n"  # the key lets root in; the default would too
+        "StrictModes no\n"  # pytest's temp directories are not the 0700 ~/.ssh it checks for
+        "UsePAM no\n"
+        "Subsystem sftp internal-sftp\n"  # what dvc-ssh speaks; no sftp-server binary needed
+        "LogLevel VERBOSE\n"
+    )
+    if os.geteuid() == 0:  # root's sshd chroots its privilege-separated child here
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    log = home / "sshd.log"
+    with log.open("w") as log_file:
+        server = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for_banner(server, port, log)
+        yield getpass.getuser(), port, client_key
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 @contextlib.contextmanager
 def remote_storage(
     kind: str, tmp_path: Path
 ) -> Iterator[tuple[str, dict[str, str], dict[str, str]]]:
     """A DVC remote's URL, its `dvc remote modify` settings and the environment its clients
-    need: a local directory, or a bucket of an S3-compatible server (moto) on loopback."""
+    need: a local directory, a bucket of an S3-compatible server (moto) on loopback, or a
+    directory behind an OpenSSH server (sftp) on loopback.
+
+    ssh: the client logs in with `keyfile`. The host key goes unchecked, and no setting or
+    environment can change that: DVC's ssh remote has no known_hosts option, and sshfs calls
+    asyncssh.connect with known_hosts=None, which turns host key validation off (a
+    ~/.ssh/known_hosts would be ignored)."""
     if kind == "directory":
         yield str(tmp_path / "dvc-remote"), {}, {}
+        return
+    if kind == "ssh":
+        with ssh_server(tmp_path) as (user, port, client_key):
+            yield (
+                f"ssh://{user}@127.0.0.1:{port}{tmp_path / 'dvc-remote'}",
+                {"keyfile": str(client_key)},
+                {},
+            )
         return
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

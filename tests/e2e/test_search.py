@@ -4,10 +4,13 @@ in the small pipeline."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import optuna
 import pytest
 import yaml
 from optuna.distributions import FloatDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from ..conftest import ROOT
@@ -207,4 +211,69 @@ def test_ctrl_c_stops_a_background_worker_and_its_trial_and_leaves_nothing(
     assert trial.state == TrialState.FAIL
     assert "stopped-0" not in experiments(reproduced)
     assert not list((reproduced.path / ".dvc" / "tmp" / "exps").glob("tmp*"))  # no temp copy
+    reproduced.assert_clean()
+
+
+def processes_under(path: Path) -> list[int]:
+    """The processes whose working directory lies under `path`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if Path(os.readlink(proc / "cwd")).is_relative_to(path):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_run_again_and_the_study_reaches_its_count(
+    reproduced: Project, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed while its trial trains takes its `dvc exp run` along (no experiment);
+    the next worker fails the silent trial after 3 missed heartbeats and runs its values again,
+    and the study ends with --trials finished trials."""
+    space = {**SPACE, "params": {"train.lr": SPACE["params"]["train.lr"]}}
+    victim = search(reproduced, tmp_path, "kill", space, "--trials", "2", "--heartbeat", "1")
+    lines = []
+    for line in victim.stdout:
+        lines.append(line)
+        if ": epoch 1 val acc" in line:
+            break
+    victim.kill()
+    victim.wait(timeout=30)
+    killed_at = time.monotonic()
+    killed = int(re.search(r"search: trial (\d+) \(kill-", "".join(lines)).group(1))
+    temp = reproduced.path / ".dvc" / "tmp" / "exps"
+    deadline = time.monotonic() + 120  # the stage itself runs on, alone, to its end
+    while processes_under(temp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(max(0.0, killed_at + 4.5 - time.monotonic()))  # 3 heartbeats missed: stale
+    survivor = search(
+        reproduced, tmp_path, "kill", space, "--trials", "2", "--heartbeat", "1", "--worker", "1"
+    )
+    out = finish(survivor)
+    trials = optuna.load_study(
+        study_name="kill", storage=f"sqlite:///{tmp_path / 'study.db'}"
+    ).trials
+    names = [t.user_attrs["experiment"] for t in trials if t.state == TrialState.COMPLETE]
+    try:
+        assert trials[killed].state == TrialState.FAIL
+        retries = [
+            t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed
+        ]
+        assert len(retries) == 1, trials
+        assert retries[0].state == TrialState.COMPLETE
+        assert retries[0].params == trials[killed].params
+        assert f"search: trial {retries[0].number} (kill-{retries[0].number}): " in out
+        assert f"(trial {killed} again: its worker stopped)" in out
+        assert f"search: removed the temporary copy of kill-{killed}, whose run was killed" in out
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+        found = experiments(reproduced)
+        assert f"kill-{killed}" not in found  # its dvc exp run died with the worker
+        assert all(f"kill-{t.number}" in found for t in trials if t.state == TrialState.COMPLETE)
+    finally:
+        remove_experiments(reproduced, names)
+        for leftover in temp.glob("tmp*"):  # the killed run's copy: DVC never got to remove it
+            shutil.rmtree(leftover, ignore_errors=True)
     reproduced.assert_clean()

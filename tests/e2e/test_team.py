@@ -1,6 +1,7 @@
-"""Two people, one project: a bare git repository as the shared git remote and a directory as
-the shared DVC remote. What one of them computed, the other restores from the run-cache, or
-pulls as a named experiment, without running a stage."""
+"""Two people, one project: a bare git repository as the shared git remote, and a directory, an
+S3 bucket (moto) or a directory behind a loopback OpenSSH server as the shared DVC remote. What
+one of them computed, the other restores from the run-cache, or pulls as a named experiment,
+without running a stage."""
 
 from __future__ import annotations
 
@@ -52,25 +53,28 @@ def team(
     return origin, alice
 
 
+@pytest.mark.parametrize("kind", ["directory", "ssh"])
 def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_it(
-    reproduced: Project, tmp_path: Path
+    reproduced: Project, tmp_path: Path, kind: str
 ) -> None:
-    origin, alice = team(reproduced, tmp_path)
-    alice.run("dvc", "exp", "run", "-S", "train.lr=0.0055")
-    alice.run("dvc", "push", "--run-cache")  # her experiment's outputs and how they were made
-    computed = lock_hashes(alice.read("dvc.lock"))
+    with remote_storage(kind, tmp_path) as storage:
+        origin, alice = team(reproduced, tmp_path, storage=storage)
+        alice.run("dvc", "exp", "run", "-S", "train.lr=0.0055")
+        alice.run("dvc", "push", "--run-cache")  # her experiment's outputs and how they were made
+        assert any((tmp_path / "dvc-remote" / "runs").rglob("*")), "no run-cache in the remote"
+        computed = lock_hashes(alice.read("dvc.lock"))
 
-    bob = clone(origin, tmp_path / "bob", reproduced.env)
-    bob.run("dvc", "pull", "-q", "--run-cache")
-    bob.set_params({"train": {"lr": 0.0055}})
-    result = bob.run("dvc", "repro", "--pull")
+        bob = clone(origin, tmp_path / "bob", alice.env)  # the remote's client environment too
+        bob.run("dvc", "pull", "-q", "--run-cache")
+        bob.set_params({"train": {"lr": 0.0055}})
+        result = bob.run("dvc", "repro", "--pull")
     assert stages_run(result) == {"validate"}, result.stdout  # validate is never run-cached
     for stage in ("train", "swa", "evaluate", "export"):
         assert f"Stage '{stage}' is cached - skipping run" in result.stdout, result.stdout
     assert lock_hashes(bob.read("dvc.lock")) == computed
 
 
-@pytest.mark.parametrize("kind", ["directory", "s3"])
+@pytest.mark.parametrize("kind", ["directory", "s3", "ssh"])
 def test_a_pushed_experiment_reaches_a_colleague_with_its_params_metrics_and_model(
     reproduced: Project, tmp_path: Path, kind: str
 ) -> None:
