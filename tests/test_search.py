@@ -25,10 +25,11 @@ from fashion_mnist_mlp.tools.search import (
     refused,
     retrying,
     search,
+    stale_trials_found,
     workspace_baseline,
 )
 from fashion_mnist_mlp.tools.space import Space
-from fashion_mnist_mlp.tools.trial_runner import beat, running, stop
+from fashion_mnist_mlp.tools.trial_runner import heartbeats, running, stop
 
 from .conftest import Workdir
 from .test_trials import PASSWORD, unreachable
@@ -213,20 +214,31 @@ def test_a_dead_workers_trial_is_failed_asked_again_and_counted_once(tmp_path: P
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     space = Space.model_validate(SPACE)
     study = open_study("s", storage, space, worker=0, heartbeat_s=1)
+    done = study.ask(space.distributions())
+    study.tell(done, 0.5)
     dead = study.ask(space.distributions())
-    beat(dead)  # then its worker dies: no more heartbeats
-    assert counted(study) == 1
+    with heartbeats(dead):  # one heartbeat, then its worker dies
+        pass
+    assert counted(study) == 2
     time.sleep(4.5)  # 3 heartbeats missed (the database counts whole seconds)
     other = open_study("s", storage, space, worker=1, heartbeat_s=1)
-    optuna.storages.fail_stale_trials(other)
+    # at the count (2), a worker that waits finds the dead trial and its retry brings it to 1
+    assert stale_trials_found(other, trials=2)
+    assert other.trials[dead.number].state == TrialState.FAIL
     again = other.ask(space.distributions())
     assert again.params == dead.params
     assert retrying(again) == f" (trial {dead.number} again: its worker stopped)"
-    assert other.trials[dead.number].state == TrialState.FAIL
-    assert counted(other) == 1  # the retry stands for the dead trial
-    other.tell(again, 0.5)
-    fresh = other.ask(space.distributions())
-    assert retrying(fresh) == "" and counted(other) == 2
+    assert counted(other) == 2  # the retry stands for the dead trial
+    with heartbeats(again):  # the retry's worker dies too
+        pass
+    time.sleep(4.5)
+    optuna.storages.fail_stale_trials(other)
+    assert counted(other) == 1  # neither dead trial counts while their retry waits
+    third = other.ask(space.distributions())
+    assert third.params == dead.params
+    assert retrying(third) == f" (trial {again.number} again: its worker stopped)"
+    other.tell(third, 0.6)
+    assert counted(other) == 2 and not stale_trials_found(other, trials=2)
 
 
 def test_a_push_that_fails_keeps_the_experiment_and_says_how_to_retry(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -50,13 +51,15 @@ from fashion_mnist_mlp.config.loader import parse_raw_params
 from fashion_mnist_mlp.config.paths import PARAMS_FILE
 from fashion_mnist_mlp.tools.space import SPACE_FILE, Space, decode, load_space, refusal
 from fashion_mnist_mlp.tools.study_summary import shown, summary, write_plots
-from fashion_mnist_mlp.tools.trial_runner import beat, forget_dead_runs, run_trial
+from fashion_mnist_mlp.tools.trial_runner import forget_dead_runs, heartbeats, run_trial
 from fashion_mnist_mlp.tools.trials import GRACE_HEARTBEATS, connect, masked, storage_errors
 
 # optuna calls its heartbeat and retry API experimental (since 2.8), and warns that heartbeats
 # are meant for study.optimize: here each trial runs as a process, and the worker beats for it
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback
 
 SEARCH_DIR = Path("search")
 DEFAULT_STORAGE = SEARCH_DIR / "study.db"
@@ -227,23 +230,24 @@ def search(
         for dead in forget_dead_runs(ended_experiments(study)):
             print(f"search: removed the temporary copy of {dead}, whose run was killed", flush=True)
         trial = study.ask(space.distributions())
-        beat(trial)
-        name = f"{study.study_name}-{trial.number}"
-        values = decode(trial.params)
-        print(
-            f"search: trial {trial.number} ({name}): {shown(values)}{retrying(trial)}", flush=True
-        )
-        try:
-            if refused(trial, name, values, base):
-                study.tell(trial, state=TrialState.PRUNED)
-                continue  # the study asked for them: no failure, and failures keeps its count
-            trial.set_user_attr("experiment", name)
-            state, value = run_trial(trial, name, values, storage, LOG_DIR / f"{name}.log")
-        except BaseException:  # Ctrl-C, the study's storage gone, a log not written: the
-            # worker stops, and a trial left RUNNING would count towards --trials forever
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        study.tell(trial, value, state=state)
+        with heartbeats(trial):  # from ask to tell: a trial alive is never judged stale
+            name = f"{study.study_name}-{trial.number}"
+            values = decode(trial.params)
+            print(
+                f"search: trial {trial.number} ({name}): {shown(values)}{retrying(trial)}",
+                flush=True,
+            )
+            try:
+                if refused(trial, name, values, base):
+                    study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+                    continue  # the study asked for them: no failure, and failures keeps its count
+                trial.set_user_attr("experiment", name)
+                state, value = run_trial(trial, name, values, storage, LOG_DIR / f"{name}.log")
+            except BaseException:  # Ctrl-C, the study's storage gone, a log not written: the
+                # worker stops, and a trial left RUNNING would count towards --trials forever
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+            study.tell(trial, value, state=state, skip_if_finished=True)
         if state == TrialState.COMPLETE:
             print(f"search: trial {trial.number}: validation accuracy {value:.4f}", flush=True)
             if push is not None:
@@ -254,13 +258,11 @@ def search(
 
 
 def counted(study: optuna.study.Study) -> int:
-    """The trials that count towards --trials: all asked, but a dead worker's that was asked
-    again (its retry counts instead)."""
-    asked = study.get_trials(deepcopy=False, states=ASKED)
-    retried = {
-        optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in asked
-    }
-    return sum(t.number not in retried for t in asked)
+    """The trials that count towards --trials: all asked, but those of dead workers that were
+    asked again (a retry, even one still waiting to be asked, stands for the whole chain)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in RETRY.retry_history(t)}
+    return sum(t.state in ASKED and t.number not in retried for t in trials)
 
 
 def ended_experiments(study: optuna.study.Study) -> set[str]:
@@ -272,8 +274,9 @@ def ended_experiments(study: optuna.study.Study) -> set[str]:
 
 def stale_trials_found(study: optuna.study.Study, trials: int) -> bool:
     """At the count with trials still running: wait until a dead worker's trial would be stale
-    (GRACE_HEARTBEATS heartbeats), fail it, and say whether its retry brought the count back
-    below --trials. A worker dying later leaves its trial to the next search (any worker's)."""
+    (GRACE_HEARTBEATS heartbeats), fail it, and say whether its retry (waiting to be asked)
+    brought the count back below --trials. A worker dying later leaves its trial to the next
+    search (any worker's)."""
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return False
     # one heartbeat more than the grace: the database's clock may count whole seconds
@@ -283,24 +286,39 @@ def stale_trials_found(study: optuna.study.Study, trials: int) -> bool:
 
 
 def retrying(trial: Trial) -> str:
-    frozen = trial.study._storage.get_trial(trial._trial_id)
-    dead = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
-    return "" if dead is None else f" (trial {dead} again: its worker stopped)"
+    history = RETRY.retry_history(trial.study._storage.get_trial(trial._trial_id))
+    return f" (trial {history[-1]} again: its worker stopped)" if history else ""
+
+
+PUSH_TIMEOUT_S = 1800
 
 
 def push_experiment(name: str, remote: str) -> None:
     """`dvc exp push`: the experiment's commit to the git remote, its outputs to the DVC remote.
-    A failed push loses nothing: the experiment stays here, and the command to retry is said."""
-    run = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "push", remote, name], capture_output=True, text=True
-    )
-    if run.returncode == 0:
+    A failed push loses nothing: the experiment stays here, and the command to retry is said.
+    It never waits for a prompt (a password, a host key): that is a failed push too."""
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+    }
+    command = [sys.executable, "-m", "dvc", "exp", "push", remote, name]
+    try:
+        run = subprocess.run(
+            command, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env,
+            timeout=PUSH_TIMEOUT_S,
+        )  # fmt: skip
+        reason = (
+            None if run.returncode == 0 else ((run.stderr or run.stdout).strip() or "no output")
+        )
+    except subprocess.TimeoutExpired:
+        reason = f"no answer in {PUSH_TIMEOUT_S} s"
+    if reason is None:
         print(f"search: {name} pushed to {remote} and the DVC remote", flush=True)
         return
-    reason = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
     print(
-        f"search: could not push {name} ({reason[0]}): it stays in this clone; push it once "
-        f"the remote is back: dvc exp push {remote} {name}",
+        f"search: could not push {name} ({reason.splitlines()[-1]}): it stays in this clone; "
+        f"push it once the remote is back: dvc exp push {remote} {name}",
         flush=True,
     )
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,6 @@ def run_trial(
         reported = 0
         while proc.poll() is None:
             time.sleep(POLL_S)
-            beat(trial)
             # as the stage reported it: `trial` itself knows only what this process reported
             frozen = trial.study._storage.get_trial(trial._trial_id)
             epochs = frozen.intermediate_values
@@ -74,7 +74,6 @@ def run_trial(
             flush=True,
         )
         return TrialState.FAIL, None
-    beat(trial)  # reading the objective takes a few seconds
     try:
         return TrialState.COMPLETE, objective(name)
     except Exception as e:  # an experiment without the metric: this trial failed, not the search
@@ -85,31 +84,59 @@ def run_trial(
 def forget_dead_runs(ended: set[str]) -> list[str]:
     """The `dvc exp run --temp` of a worker killed outright never cleaned up: DVC keeps its
     temporary copy and lists it in `dvc exp show` as running, for good. Remove this clone's
-    runs whose trial the study has ended (`ended`: their experiment names), as no live run's
-    trial is; their names."""
+    copies of runs still marked running whose trial the study has ended (`ended`: their
+    experiment names), as no live run's trial is; their names. (A run that ended normally
+    has no copy left.) The killed run's stage may still be finishing in it: it writes nothing
+    DVC keeps."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
-    from dvc.repo.experiments.executor.base import ExecutorInfo
+    from dvc.repo.experiments.executor.base import ExecutorInfo, TaskStatus
 
-    forgotten = []
-    with Repo(".") as repo:
+    forgotten: list[str] = []
+    try:
+        repo = Repo(".")
+    except NotDvcRepoError:  # no DVC project here: its trials will say so
+        return forgotten
+    with repo:
         runs = repo.experiments.tempdir_queue
         for rev in os.listdir(runs.pid_dir) if os.path.isdir(runs.pid_dir) else []:
             try:
                 info = ExecutorInfo.load_json(runs.get_infofile_path(rev))
             except (OSError, ValueError, KeyError):
                 continue
-            if info.name in ended:
+            running = info.status < TaskStatus.SUCCESS and os.path.isdir(info.root_dir)
+            if running and info.name in ended:
                 shutil.rmtree(info.root_dir, ignore_errors=True)
                 shutil.rmtree(os.path.join(runs.pid_dir, rev), ignore_errors=True)
                 forgotten.append(info.name)
     return forgotten
 
 
-def beat(trial: Trial) -> None:
-    """Tell the study this worker still runs `trial` (where the storage keeps heartbeats)."""
+@contextlib.contextmanager
+def heartbeats(trial: Trial) -> Iterator[None]:
+    """Tell the study, every heartbeat interval, that this worker still runs `trial` (where
+    the storage keeps heartbeats): from a thread, so that no pause of the worker (a pruned run
+    shutting down, the objective read, a push) makes a live trial look dead."""
     storage = trial.study._storage
-    if getattr(storage, "get_heartbeat_interval", lambda: None)():
-        storage.record_heartbeat(trial._trial_id)
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    storage.record_heartbeat(trial._trial_id)
+    stopped = threading.Event()
+
+    def beat() -> None:
+        while not stopped.wait(interval):
+            with contextlib.suppress(Exception):  # the storage away for a moment: beat again
+                storage.record_heartbeat(trial._trial_id)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
 
 
 def _die_with_this_worker() -> None:
