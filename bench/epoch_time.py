@@ -16,7 +16,6 @@ runs in this run (each CPU's fastest kernel, numerics.threads threads).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import re
@@ -32,6 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stages import PYTHON, ROOT, stage_project
+from fashion_mnist_mlp.config.loader import with_values
 from fashion_mnist_mlp.tools.lesson import LESSON
 
 FLOP_PER_EPOCH = 50_000 * 3 * 2 * (784 * 512 + 512 * 512 + 512 * 10)
@@ -43,18 +43,6 @@ def cpu_model() -> str:
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
     return platform.processor() or platform.machine()
-
-
-def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
-    """params with dotted keys set, as `-S key=value` sets them."""
-    params = copy.deepcopy(params)
-    for dotted, value in overrides.items():
-        *path, key = dotted.split(".")
-        section = params
-        for name in path:
-            section = section[name]
-        section[key] = value
-    return params
 
 
 def stage_seconds(project: Path, params: dict) -> float:
@@ -103,24 +91,22 @@ def main() -> None:
     threads = default["numerics"]["threads"]
     if threads == "auto":
         threads = len(os.sched_getaffinity(0))
-    base = with_overrides(default, {"train.epochs": args.epochs, "train.device": "cpu"})
-    lesson = with_overrides(
+    base = with_values(default, {"train.epochs": args.epochs, "train.device": "cpu"})
+    lesson = with_values(
         base, {k: v for k, v in LESSON.items() if k.startswith(("train.", "model."))}
     )
     lesson["train"]["epochs"] = args.epochs
     rows: dict[str, dict | None] = {
         "lesson's loop (torchvision DataLoader), batch 64, SGD": None,
-        "train stage, lesson's settings, portable": with_overrides(
+        "train stage, lesson's settings, portable": with_values(
             lesson, {"numerics.cpu": "portable"}
         ),
-        "train stage, lesson's settings, native": with_overrides(
-            lesson, {"numerics.cpu": "native"}
-        ),
-        "train stage, default, portable": with_overrides(base, {"numerics.cpu": "portable"}),
-        "train stage, default, native": with_overrides(base, {"numerics.cpu": "native"}),
+        "train stage, lesson's settings, native": with_values(lesson, {"numerics.cpu": "native"}),
+        "train stage, default, portable": with_values(base, {"numerics.cpu": "portable"}),
+        "train stage, default, native": with_values(base, {"numerics.cpu": "native"}),
     }
     if _cuda_available():
-        rows["train stage, default, GPU"] = with_overrides(
+        rows["train stage, default, GPU"] = with_values(
             default, {"train.epochs": args.epochs, "train.device": "cuda"}
         )
     seconds: dict[str, list[float]] = {name: [] for name in rows}

@@ -42,7 +42,8 @@ def epoch_seconds(repo: Path, wanted: dict[str, dict[str, str]]) -> dict[str, fl
     """Name -> the train stage's median epoch seconds with its overrides (3 epochs): one real
     stage process each, one after another (the machine to itself)."""
     from bench._stages import stage_project
-    from bench.epoch_time import stage_seconds, with_overrides
+    from bench.epoch_time import stage_seconds
+    from fashion_mnist_mlp.config.loader import with_values
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     seconds = {}
@@ -50,7 +51,7 @@ def epoch_seconds(repo: Path, wanted: dict[str, dict[str, str]]) -> dict[str, fl
         project = Path(tmp)
         stage_project(project, params)
         for name, overrides in wanted.items():
-            changed = with_overrides(params, {**overrides, "train.epochs": 3})
+            changed = with_values(params, {**overrides, "train.epochs": 3})
             seconds[name] = stage_seconds(project, changed)
             print(f"{name}: {seconds[name]:.2f} s/epoch", flush=True)
     return seconds

@@ -58,6 +58,20 @@ def finish(proc: subprocess.Popen) -> str:
     return out
 
 
+def assert_each_trial_is_its_experiment(project: Project, trials: list) -> None:
+    found = experiments(project)
+    for trial in trials:
+        exp = found[trial.user_attrs["experiment"]]
+        assert exp["params"]["train"]["lr"] == pytest.approx(trial.params["train.lr"])
+        assert exp["params"]["model"]["dropout"] == pytest.approx(trial.params["model.dropout"])
+        # the objective: the exported model's validation accuracy, as the experiment holds it
+        calibration = exp["metrics"]["metrics/calibration.json"]
+        assert trial.value == calibration["validation"]["accuracy"]
+        # each epoch's validation accuracy reached the study while train ran (from the
+        # experiment's copy, through the storage URL)
+        assert sorted(trial.intermediate_values) == [0, 1, 2]
+
+
 def remove_experiments(project: Project, names: list[str]) -> None:
     if names:
         project.run("dvc", "exp", "remove", *names)
@@ -85,16 +99,7 @@ def test_two_workers_share_one_study_and_each_trial_is_an_experiment(
         )
         assert all("search: trial" in out for out in outputs)  # both ran trials
 
-        found = experiments(reproduced)
-        for trial in trials:
-            exp = found[trial.user_attrs["experiment"]]
-            assert exp["params"]["train"]["lr"] == pytest.approx(trial.params["train.lr"])
-            assert exp["params"]["model"]["dropout"] == pytest.approx(trial.params["model.dropout"])
-            # the objective: the exported model's validation accuracy, as the experiment holds it
-            calibration = exp["metrics"]["metrics/calibration.json"]
-            assert trial.value == calibration["validation"]["accuracy"]
-            # each epoch's validation accuracy reached the study while train ran
-            assert sorted(trial.intermediate_values) == [0, 1, 2]
+        assert_each_trial_is_its_experiment(reproduced, trials)
 
         best = study.best_trial.user_attrs["experiment"]
         assert f"search: best: trial {study.best_trial.number}, experiment {best}," in "".join(

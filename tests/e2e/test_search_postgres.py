@@ -21,7 +21,13 @@ from fashion_mnist_mlp.tools.trials import connect
 from ..conftest import COMMITTED_PARAMS
 from .conftest import Project, experiments
 from .postgres import postgres_server
-from .test_search import SPACE, finish, remove_experiments, search
+from .test_search import (
+    SPACE,
+    assert_each_trial_is_its_experiment,
+    finish,
+    remove_experiments,
+    search,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -69,15 +75,7 @@ def test_two_workers_share_one_postgresql_study_and_each_trial_is_an_experiment(
         assert 3 <= len(trials) <= 4, [t.state for t in trials]
         assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
         assert all("search: trial" in out for out in outputs), outputs  # both ran trials
-        found = experiments(reproduced)
-        for trial in trials:
-            exp = found[trial.user_attrs["experiment"]]
-            assert exp["params"]["train"]["lr"] == pytest.approx(trial.params["train.lr"])
-            assert exp["params"]["model"]["dropout"] == pytest.approx(trial.params["model.dropout"])
-            calibration = exp["metrics"]["metrics/calibration.json"]
-            assert trial.value == calibration["validation"]["accuracy"]
-            # the train stage, in the experiment's copy, reached the study with the URL too
-            assert sorted(trial.intermediate_values) == [0, 1, 2]
+        assert_each_trial_is_its_experiment(reproduced, trials)
 
         logs = [p for p in (reproduced.path / "search" / "logs").rglob("*") if p.is_file()]
         assert {f"{name}.log" for name in names} <= {p.name for p in logs}
