@@ -18,18 +18,10 @@ import yaml
 from optuna.trial import TrialState
 
 from fashion_mnist_mlp.cli import StageError
-from fashion_mnist_mlp.tools.search import (
-    counted,
-    open_study,
-    push_experiment,
-    refused,
-    retrying,
-    search,
-    stale_trials_found,
-    workspace_baseline,
-)
+from fashion_mnist_mlp.tools.search import open_study, refused, search, workspace_baseline
 from fashion_mnist_mlp.tools.space import Space
 from fashion_mnist_mlp.tools.trial_runner import heartbeats, running, stop
+from fashion_mnist_mlp.tools.workers import counted, push_experiment, retrying, stale_trials_found
 
 from .conftest import Workdir
 from .test_trials import PASSWORD, unreachable

@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,21 +50,24 @@ from fashion_mnist_mlp.config.paths import PARAMS_FILE
 from fashion_mnist_mlp.tools.space import SPACE_FILE, Space, decode, load_space, refusal
 from fashion_mnist_mlp.tools.study_summary import shown, summary, write_plots
 from fashion_mnist_mlp.tools.trial_runner import forget_dead_runs, heartbeats, run_trial
-from fashion_mnist_mlp.tools.trials import GRACE_HEARTBEATS, connect, masked, storage_errors
+from fashion_mnist_mlp.tools.trials import connect, masked, storage_errors
+from fashion_mnist_mlp.tools.workers import (
+    counted,
+    ended_experiments,
+    push_experiment,
+    retrying,
+    stale_trials_found,
+)
 
 # optuna calls its heartbeat and retry API experimental (since 2.8), and warns that heartbeats
 # are meant for study.optimize: here each trial runs as a process, and the worker beats for it
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
-RETRY = optuna.storages.RetryHeartbeatStaleTrialCallback
-
 SEARCH_DIR = Path("search")
 DEFAULT_STORAGE = SEARCH_DIR / "study.db"
 LOG_DIR = SEARCH_DIR / "logs"  # each trial's `dvc exp run` output
 MAX_FAILURES_IN_A_ROW = 3
-ASKED = tuple(s for s in TrialState if s != TrialState.WAITING)
-"""A trial enqueued (study.enqueue_trial) counts once a worker asks for it: --trials runs it."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,72 +256,6 @@ def search(
         failures = failures + 1 if state == TrialState.FAIL else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             raise StageError(f"{failures} trials in a row failed: see their logs in {LOG_DIR}/")
-
-
-def counted(study: optuna.study.Study) -> int:
-    """The trials that count towards --trials: all asked, but those of dead workers that were
-    asked again (a retry, even one still waiting to be asked, stands for the whole chain)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in RETRY.retry_history(t)}
-    return sum(t.state in ASKED and t.number not in retried for t in trials)
-
-
-def ended_experiments(study: optuna.study.Study) -> set[str]:
-    ended = study.get_trials(
-        deepcopy=False, states=(TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED)
-    )
-    return {f"{study.study_name}-{t.number}" for t in ended}
-
-
-def stale_trials_found(study: optuna.study.Study, trials: int) -> bool:
-    """At the count with trials still running: wait until a dead worker's trial would be stale
-    (GRACE_HEARTBEATS heartbeats), fail it, and say whether its retry (waiting to be asked)
-    brought the count back below --trials. A worker dying later leaves its trial to the next
-    search (any worker's)."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        return False
-    # one heartbeat more than the grace: the database's clock may count whole seconds
-    time.sleep((GRACE_HEARTBEATS + 1) * (study._storage.get_heartbeat_interval() or 0))
-    optuna.storages.fail_stale_trials(study)
-    return counted(study) < trials
-
-
-def retrying(trial: Trial) -> str:
-    history = RETRY.retry_history(trial.study._storage.get_trial(trial._trial_id))
-    return f" (trial {history[-1]} again: its worker stopped)" if history else ""
-
-
-PUSH_TIMEOUT_S = 1800
-
-
-def push_experiment(name: str, remote: str) -> None:
-    """`dvc exp push`: the experiment's commit to the git remote, its outputs to the DVC remote.
-    A failed push loses nothing: the experiment stays here, and the command to retry is said.
-    It never waits for a prompt (a password, a host key): that is a failed push too."""
-    env = {
-        **os.environ,
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
-    }
-    command = [sys.executable, "-m", "dvc", "exp", "push", remote, name]
-    try:
-        run = subprocess.run(
-            command, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env,
-            timeout=PUSH_TIMEOUT_S,
-        )  # fmt: skip
-        reason = (
-            None if run.returncode == 0 else ((run.stderr or run.stdout).strip() or "no output")
-        )
-    except subprocess.TimeoutExpired:
-        reason = f"no answer in {PUSH_TIMEOUT_S} s"
-    if reason is None:
-        print(f"search: {name} pushed to {remote} and the DVC remote", flush=True)
-        return
-    print(
-        f"search: could not push {name} ({reason.splitlines()[-1]}): it stays in this clone; "
-        f"push it once the remote is back: dvc exp push {remote} {name}",
-        flush=True,
-    )
 
 
 def refused(trial: Trial, name: str, values: dict[str, Any], base: dict) -> bool:
