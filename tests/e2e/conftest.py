@@ -29,6 +29,7 @@ PROJECT_FILES = [
     "params.schema.json",
     ".gitignore",
     ".dvcignore",
+    "search/space.yaml",  # make search's default space
 ]
 DVC_FILES = ["config", "plots"]
 
@@ -95,6 +96,7 @@ def make_project(path: Path, override: dict) -> Project:
         if source.is_dir():
             shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, path / name)
     (path / "params.yaml").write_text(COMMITTED_PARAMS)  # not an experiment's, left in ROOT
     project = Project(path)

@@ -1,22 +1,19 @@
-"""The documented workflows, run as written, so a documented step cannot rot unseen.
-
-Each block that README.md or a page under docs/ marks `<!-- workflow: NAME -->` runs in a project
-of this pipeline on a small subset (SMALL), one command after another under `bash -e`, as a user
-types it. The only changes are the placeholders for what is the user's own (a directory the
-team reaches, the git remote's URL, the project's URL) and `uv run`, which runs the command in
-this test's environment instead of syncing one in each temporary project."""
+"""The documented workflows of README.md and docs/, run as written (see workflows.py), so a
+documented step cannot rot unseen."""
 
 from __future__ import annotations
 
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
+import yaml
+from optuna.trial import TrialState
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -24,45 +21,17 @@ from fashion_mnist_mlp.config.paths import EXPORT_DIR, EXPORT_WEIGHTS, TEST_DATA
 from fashion_mnist_mlp.training.fashion_mnist import CLASSES
 
 from ..conftest import ROOT
-from .conftest import SMALL, Project, experiments, make_project, measured
+from .conftest import SMALL, Project, experiments, make_project, measured, restore_workspace
+from .test_search import assert_each_trial_is_its_experiment, param
+from .workflows import script, shim_uv, workflows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MARKED = re.compile(r"<!-- workflow: ([\w-]+)[^>]*-->\n```(\w+)\n(.*?)\n```", re.DOTALL)
-DOCUMENTED = {"experiments", "queue", "retrieval", "remote", "another-project"}
+DOCUMENTED = {
+    "experiments", "queue", "retrieval", "remote", "another-project",
+    "search", "search-machines", "search-fetch",
+}  # fmt: skip
 PROJECT_URL = "https://github.com/<org>/<project>"
-PLACEHOLDER = re.compile(r"<[a-z][\w |-]*>")
-UV_SHIM = """#!/usr/bin/env bash
-# `uv run [--flags] CMD ...` as the README types it: CMD in this test's environment
-[ "$1" = run ] || { echo "uv (test shim): only 'uv run' is expected here, not: $*" >&2; exit 2; }
-shift
-while [ "${1#--}" != "$1" ]; do shift; done
-exec "$@"
-"""
-
-
-def workflows() -> dict[str, tuple[str, str]]:
-    """Name -> (language, body) of each marked block of the README and the docs pages."""
-    found: dict[str, tuple[str, str]] = {}
-    for page in PAGES:
-        for name, language, body in MARKED.findall(page.read_text()):
-            assert name not in found, f"two workflows named {name!r} (one in {page.name})"
-            found[name] = (language, body)
-    return found
-
-
-def script(name: str, substitutions: dict[str, str]) -> str:
-    """A workflow's commands (a console block's `$` lines), placeholders replaced: each one must
-    be there, so a changed page fails here rather than running something else."""
-    language, body = workflows()[name]
-    if language == "console":
-        body = "\n".join(line[2:] for line in body.splitlines() if line.startswith("$ "))
-    for placeholder, value in substitutions.items():
-        assert placeholder in body, f"the {name} workflow no longer has {placeholder}"
-        body = body.replace(placeholder, value)
-    assert not PLACEHOLDER.search(body), f"an unreplaced placeholder in {name}:\n{body}"
-    return body
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +39,8 @@ def project(tmp_path_factory: pytest.TempPathFactory, raw_dir: Path) -> Project:
     """A reproduced, committed small project with the Makefile, `uv` shimmed, HOME its own."""
     project = make_project(tmp_path_factory.mktemp("readme"), SMALL)
     shutil.copy(ROOT / "Makefile", project.path / "Makefile")
-    bin_dir, home = tmp_path_factory.mktemp("bin"), tmp_path_factory.mktemp("home")
-    (bin_dir / "uv").write_text(UV_SHIM)
-    (bin_dir / "uv").chmod(stat.S_IRWXU)
-    project.env["PATH"] = f"{bin_dir}:{project.env['PATH']}"
-    project.env["HOME"] = str(home)
+    shim_uv(project.env, tmp_path_factory.mktemp("bin"))
+    project.env["HOME"] = str(tmp_path_factory.mktemp("home"))
     project.env["COLUMNS"] = "250"  # a terminal's width: piped, DVC's tables fold to 80 columns
     project.run("dvc", "repro")
     project.run("git", "add", "-A")
@@ -134,6 +100,8 @@ def test_retrieval(project: Project) -> None:
         assert sorted(p.name for p in (project.path / folder).iterdir()) == exported
     lines = result.stdout.strip().splitlines()[-2:]
     assert [line.split(":")[0] for line in lines] == ["shirt.png", "boot.jpg"], result.stdout
+    for file in ("shirt.png", "boot.jpg"):  # the user's images: not the project's
+        (project.path / file).unlink()
 
 
 def test_remote(project: Project, tmp_path: Path) -> None:
@@ -175,3 +143,32 @@ def test_another_project_installs_this_one_and_loads_a_tagged_model(
     Image.fromarray(load_file(project.path / TEST_DATA)["images"][0]).save(image)
     predicted = run("fashion-mnist-predict", str(image), "--repo", str(project.path), "--rev", tag)
     assert predicted.startswith(f"{image}: ")
+
+
+def test_search(project: Project) -> None:
+    """`make search`, then two workers adding to the same SQLite study (3 trials in all instead
+    of 40): every trial an experiment with the study's values, made in a temporary copy; then
+    the best one applied, by the name the search's last line gives."""
+    *searches, apply = script(
+        "search", {"TRIALS=20": "TRIALS=1", "TRIALS=40": "TRIALS=3"}
+    ).splitlines()
+    result = project.run("bash", "-euo", "pipefail", "-c", "\n".join(searches))
+    study = optuna.load_study(
+        study_name="search", storage=f"sqlite:///{project.path / 'search' / 'study.db'}"
+    )
+    trials = study.get_trials()
+    # the two workers ask while fewer than 3 trials exist: both may ask for the last one at once
+    assert 3 <= len(trials) <= 4, [t.state for t in trials]
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    assert_each_trial_is_its_experiment(project, trials)
+    best = study.best_trial.user_attrs["experiment"]
+    assert f"search: best: trial {study.best_trial.number}, experiment {best}," in result.stdout
+    project.assert_clean()  # the trials ran in copies
+
+    assert "search-7" in apply
+    project.run("bash", "-euo", "pipefail", "-c", apply.replace("search-7", best))
+    applied = yaml.safe_load(project.read("params.yaml"))
+    for key, value in study.best_trial.params.items():
+        assert param(applied, key) == pytest.approx(value), key
+    restore_workspace(project)

@@ -1,45 +1,58 @@
-"""The search across machines, on real services: two worker clones share one study on a
-PostgreSQL server and push every finished trial to a bare git remote and an SSH DVC remote; one
-worker is killed mid-trial and its trial is run again; a third clone fetches everything with
-one command, sees every finished trial in `dvc exp show` with the study's values, and loads the
-best model."""
+"""The search across machines, on real services, as docs/search.md types it: two worker clones
+run its `search-machines` block (each its own machine's line, at once) on a PostgreSQL server
+and push every finished trial to a bare git remote and an SSH DVC remote; one worker is killed
+mid-trial and its trial is run again; a third clone runs the `search-fetch` block, sees every
+finished trial in `dvc exp show` with the study's values, and loads the best model."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
-import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from fashion_mnist_mlp.training.versions import load_model
-
 from .conftest import Project, experiments, remote_storage
 from .postgres import postgres_server
-from .test_search import SPACE
+from .test_search import param
 from .test_team import clone, team
+from .workflows import script, shim_uv
 
 pytestmark = pytest.mark.e2e
 
 TRIALS = 3
 
 
-def worker(project: Project, space: Path, storage: str, number: int) -> subprocess.Popen[str]:
-    command = [
-        sys.executable, "-m", "fashion_mnist_mlp.tools.search", "--study", "team", "--space",
-        str(space), "--storage", storage, "--trials", str(TRIALS), "--worker", str(number),
-        "--push", "origin", "--heartbeat", "1",
-    ]  # fmt: skip
+def machines(storage: str) -> dict[str, str]:
+    """Each machine's script ("A", "B") of the documented recipe, for the server at `storage`:
+    its password in PGPASSWORD as the page exports it, 3 trials instead of 40, a heartbeat
+    every second instead of 10 (a dead worker's trial is taken over within seconds)."""
+    url = urllib.parse.urlsplit(storage)
+    assert url.path == "/optuna", "the page names the database optuna"
+    lines = script("search-machines", {
+        "<password>": urllib.parse.unquote(url.password),
+        "<user>@<db-host>": f"{url.username}@{url.hostname}:{url.port}",
+        "--trials 40": f"--trials {TRIALS}",
+        "--heartbeat 10": "--heartbeat 1",
+    }).splitlines()  # fmt: skip
+    shared = [line for line in lines if "# machine" not in line]
+    return {
+        line.rsplit("# machine ", 1)[1].strip(): "\n".join([*shared, line])
+        for line in lines
+        if "# machine" in line
+    }
+
+
+def worker(project: Project, commands: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        command, cwd=project.path, env=project.env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        ["bash", "-euo", "pipefail", "-c", commands], cwd=project.path, env=project.env,
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
 
@@ -52,29 +65,36 @@ def first_lines_until(proc: subprocess.Popen[str], marker: str) -> str:
     return "".join(lines)
 
 
+def workstation(origin: Path, path: Path, env: dict[str, str]) -> Project:
+    """A clone as a team member has it: `uv run` works in it."""
+    project = clone(origin, path, env)
+    shim_uv(project.env, path.parent / f"{path.name}-bin")
+    return project
+
+
 @pytest.mark.slow
 def test_two_workers_on_postgresql_push_every_trial_and_a_third_clone_sees_them_all(
     reproduced: Project, tmp_path: Path
 ) -> None:
     start = time.monotonic()
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump({**SPACE, "params": {"train.lr": SPACE["params"]["train.lr"]}}))
     with postgres_server(tmp_path / "pg") as storage, remote_storage("ssh", tmp_path) as remote:
+        scripts = machines(storage)
+        assert sorted(scripts) == ["A", "B"]
         origin, alice = team(reproduced, tmp_path, storage=remote)
-        clones = [clone(origin, tmp_path / f"worker{n}", alice.env) for n in (0, 1)]
+        clones = [workstation(origin, tmp_path / f"machine-{m}", alice.env) for m in scripts]
         for project in clones:
             project.run("dvc", "pull", "-q")  # main's outputs, from the SSH remote
 
-        survivor, victim = (worker(p, space, storage, n) for n, p in enumerate(clones))
+        survivor, victim = (worker(p, s) for p, s in zip(clones, scripts.values(), strict=True))
         seen = first_lines_until(victim, ": epoch 1 val acc")
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and all it started
         victim.wait(timeout=30)
         out = survivor.communicate(timeout=900)[0]
         assert survivor.returncode == 0, out
 
-        study = optuna.load_study(study_name="team", storage=storage)
+        study = optuna.load_study(study_name="search", storage=storage)
         trials = study.get_trials()
-        killed = next(t for t in trials if f"search: trial {t.number} (team-" in seen)
+        killed = next(t for t in trials if f"search: trial {t.number} (search-" in seen)
         assert killed.state == TrialState.FAIL
         retried = [
             t
@@ -85,18 +105,21 @@ def test_two_workers_on_postgresql_push_every_trial_and_a_third_clone_sees_them_
         finished = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(finished) == TRIALS, [(t.number, t.state) for t in trials]
         for trial in finished:
-            assert f"search: team-{trial.number} pushed to origin and the DVC remote" in out
+            assert f"search: search-{trial.number} pushed to origin and the DVC remote" in out
 
         # a third clone: one command fetches every trial, with its outputs
-        carol = clone(origin, tmp_path / "carol", alice.env)
-        carol.run("dvc", "exp", "pull", "-A", "origin")
+        carol = workstation(origin, tmp_path / "carol", alice.env)
+        best = f"search-{study.best_trial.number}"
+        fetched = carol.run(
+            "bash", "-euo", "pipefail", "-c", script("search-fetch", {"search-7": best})
+        )
+        assert "in_features=784" in fetched.stdout, fetched.stdout  # the best model, loaded
         found = experiments(carol)
         for trial in finished:
-            exp = found[f"team-{trial.number}"]
-            assert exp["params"]["train"]["lr"] == pytest.approx(trial.params["train.lr"])
+            exp = found[f"search-{trial.number}"]
+            for key, value in trial.params.items():
+                assert param(exp["params"], key) == pytest.approx(value), key
             calibration = exp["metrics"]["metrics/calibration.json"]
             assert calibration["validation"]["accuracy"] == trial.value
-        assert f"team-{killed.number}" not in found  # the killed run saved nothing
-        best = load_model(rev=f"team-{study.best_trial.number}", repo=str(carol.path))
-        assert list(best.config.hidden) == [512, 512]
+        assert f"search-{killed.number}" not in found  # the killed run saved nothing
     print(f"the across-machines search test took {time.monotonic() - start:.0f} s")
