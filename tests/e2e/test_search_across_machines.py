@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from .conftest import Project, experiments, remote_storage
 from .postgres import postgres_server
-from .test_search import param
+from .test_search import assert_each_trial_is_its_experiment
+from .test_search_postgres import leaks
 from .test_team import clone, team
 from .workflows import script, shim_uv
 
@@ -114,12 +115,14 @@ def test_two_workers_on_postgresql_push_every_trial_and_a_third_clone_sees_them_
             "bash", "-euo", "pipefail", "-c", script("search-fetch", {"search-7": best})
         )
         assert "in_features=784" in fetched.stdout, fetched.stdout  # the best model, loaded
-        found = experiments(carol)
-        for trial in finished:
-            exp = found[f"search-{trial.number}"]
-            for key, value in trial.params.items():
-                assert param(exp["params"], key) == pytest.approx(value), key
-            calibration = exp["metrics"]["metrics/calibration.json"]
-            assert calibration["validation"]["accuracy"] == trial.value
-        assert f"search-{killed.number}" not in found  # the killed run saved nothing
+        # the study's params and validation accuracy, each epoch's from the trial's copy
+        assert_each_trial_is_its_experiment(carol, finished)
+        assert f"search-{killed.number}" not in experiments(carol)  # the killed run saved nothing
+
+        # the password: in the environment, never in an output or a trial's log
+        logs = [p for c in clones for p in (c.path / "search" / "logs").rglob("*") if p.is_file()]
+        assert {f"search-{t.number}.log" for t in finished} <= {p.name for p in logs}
+        texts = {"machine A's output": out, "machine B's output": seen, "fetch": fetched.stdout}
+        texts |= {str(p): p.read_text(errors="replace") for p in logs}
+        assert leaks(urllib.parse.unquote(urllib.parse.urlsplit(storage).password), texts) == []
     print(f"the across-machines search test took {time.monotonic() - start:.0f} s")
