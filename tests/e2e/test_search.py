@@ -59,27 +59,6 @@ def finish(proc: subprocess.Popen) -> str:
     return out
 
 
-def param(params: dict, key: str) -> Any:
-    """A dotted key's value (`train.lr`: params.yaml's train: lr:)."""
-    for part in key.split("."):
-        params = params[part]
-    return params
-
-
-def assert_each_trial_is_its_experiment(project: Project, trials: list) -> None:
-    found = experiments(project)
-    for trial in trials:
-        exp = found[trial.user_attrs["experiment"]]
-        for key, value in trial.params.items():
-            assert param(exp["params"], key) == pytest.approx(value), key
-        # the objective: the exported model's validation accuracy, as the experiment holds it
-        calibration = exp["metrics"]["metrics/calibration.json"]
-        assert trial.value == calibration["validation"]["accuracy"]
-        # each epoch's validation accuracy reached the study while train ran (from the
-        # experiment's copy, through the storage URL)
-        assert sorted(trial.intermediate_values) == [0, 1, 2]
-
-
 def remove_experiments(project: Project, names: list[str]) -> None:
     if names:
         project.run("dvc", "exp", "remove", *names)

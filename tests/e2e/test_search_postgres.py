@@ -6,7 +6,6 @@ test_search_across_machines.py."""
 from __future__ import annotations
 
 import sys
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,13 +21,8 @@ from fashion_mnist_mlp.tools.trials import connect
 from ..conftest import COMMITTED_PARAMS
 from .conftest import Project
 from .postgres import postgres_server
-from .test_search import (
-    SPACE,
-    assert_each_trial_is_its_experiment,
-    finish,
-    remove_experiments,
-    search,
-)
+from .studies import assert_each_trial_is_its_experiment, leaks
+from .test_search import SPACE, finish, remove_experiments, search
 
 pytestmark = pytest.mark.e2e
 
@@ -39,22 +33,6 @@ def postgres(tmp_path: Path) -> Iterator[str]:
     server.mkdir()
     with postgres_server(server) as url:
         yield url
-
-
-def spellings(password: str) -> set[str]:
-    """The password as a message or a log could show it: as is, and percent-encoded."""
-    return {
-        password,
-        urllib.parse.quote(password, safe=""),
-        urllib.parse.quote(password, safe=" +"),  # SQLAlchemy's URL.render_as_string
-        urllib.parse.quote_plus(password),
-    }
-
-
-def leaks(password: str, texts: dict[str, str]) -> list[str]:
-    """Where (the names of `texts`) the password shows, in any spelling."""
-    forms = spellings(password)
-    return [where for where, text in texts.items() if any(form in text for form in forms)]
 
 
 @pytest.mark.slow

@@ -1,19 +1,22 @@
 """The workflows the docs mark, and how a test runs them as a user types them.
 
 Each block that README.md or a page under docs/ marks `<!-- workflow: NAME -->` is run by a test
-(tests/e2e/test_readme.py, and the across-machines search test) in a project of this pipeline on
-a small subset, one command after another under `bash -e`. The only changes are the placeholders
-for what is the user's own (a directory the team reaches, the git remote's URL, a database
-host), the counts a test makes smaller, and `uv run`, which runs the command in the tests'
-environment instead of syncing one in each temporary project."""
+(tests/e2e/test_readme.py; the multi-machine search blocks by test_search_across_machines.py) in
+a project of this pipeline on a small subset, one command after another under `bash -euo
+pipefail`. The only changes are the placeholders for what is the user's own (a directory the
+team reaches, the git remote's URL, a database's host, port and password), the counts and
+intervals a test makes smaller (trials, heartbeats), and `uv run`, which runs the command in the
+tests' environment instead of syncing one in each temporary project."""
 
 from __future__ import annotations
 
 import re
 import stat
+import subprocess
 from pathlib import Path
 
 from ..conftest import ROOT
+from .conftest import Project
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKED = re.compile(r"<!-- workflow: ([\w-]+)[^>]*-->\n```(\w+)\n(.*?)\n```", re.DOTALL)
@@ -56,3 +59,8 @@ def shim_uv(env: dict[str, str], bin_dir: Path) -> None:
     (bin_dir / "uv").write_text(UV_SHIM)
     (bin_dir / "uv").chmod(stat.S_IRWXU)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+
+def run_script(project: Project, commands: str) -> subprocess.CompletedProcess[str]:
+    """`commands` as a user's shell runs them, stopping at the first that fails."""
+    return project.run("bash", "-euo", "pipefail", "-c", commands)
