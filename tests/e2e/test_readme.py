@@ -1,6 +1,6 @@
 """The documented workflows of README.md and docs/, run as written (see workflows.py), so a
-documented step cannot rot unseen; all of them but the multi-machine search's
-(test_search_across_machines.py), which need a database server and a clone per machine."""
+documented step cannot rot unseen; all of them but those of several clones: the multi-machine
+search's (test_search_across_machines.py) and Alice's and Bob's (test_team.py)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 DOCUMENTED = {
     "experiments", "queue", "retrieval", "remote", "another-project",
-    "search", "search-machines", "search-fetch",
+    "search", "search-machines", "search-fetch", "run-cache", "team-experiment",
 }  # fmt: skip
 PROJECT_URL = "https://github.com/<org>/<project>"
 

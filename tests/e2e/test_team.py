@@ -16,6 +16,7 @@ from fashion_mnist_mlp.config.paths import EXPORT_WEIGHTS
 from fashion_mnist_mlp.training.versions import load_model, read_model_bytes
 
 from .conftest import Project, experiments, lock_hashes, remote_storage, stages_run
+from .workflows import run_script, script, shim_uv
 
 pytestmark = pytest.mark.e2e
 
@@ -53,21 +54,32 @@ def team(
     return origin, alice
 
 
+def alice_and_bob(name: str) -> tuple[str, list[str]]:
+    """A two-person workflow of docs/team.md: Alice's commands (her lines, `# Alice`), and
+    Bob's (the others), one by one."""
+    lines = script(name, {}).splitlines()
+    return "\n".join(line for line in lines if "# Alice" in line), [
+        line for line in lines if "# Alice" not in line
+    ]
+
+
 @pytest.mark.parametrize("kind", ["directory", "ssh"])
 def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_it(
     reproduced: Project, tmp_path: Path, kind: str
 ) -> None:
+    """docs/team.md's run-cache workflow as written."""
+    hers, (pull, repro) = alice_and_bob("run-cache")
     with remote_storage(kind, tmp_path) as storage:
         origin, alice = team(reproduced, tmp_path, storage=storage)
-        alice.run("dvc", "exp", "run", "-S", "train.lr=0.0055")
-        alice.run("dvc", "push", "--run-cache")  # her experiment's outputs and how they were made
+        shim_uv(alice.env, tmp_path / "bin")
+        run_script(alice, hers)  # her experiment, its outputs and how they were made, pushed
         assert any((tmp_path / "dvc-remote" / "runs").rglob("*")), "no run-cache in the remote"
         computed = lock_hashes(alice.read("dvc.lock"))
 
         bob = clone(origin, tmp_path / "bob", alice.env)  # the remote's client environment too
-        bob.run("dvc", "pull", "-q", "--run-cache")
-        bob.set_params({"train": {"lr": 0.0055}})
-        result = bob.run("dvc", "repro", "--pull")
+        run_script(bob, pull)
+        bob.set_params({"train": {"lr": 0.0055}})  # "then the same params"
+        result = run_script(bob, repro)
     assert stages_run(result) == {"validate"}, result.stdout  # validate is never run-cached
     for stage in ("train", "swa", "evaluate", "export"):
         assert f"Stage '{stage}' is cached - skipping run" in result.stdout, result.stdout
@@ -78,30 +90,33 @@ def test_a_colleagues_pushed_run_cache_restores_her_experiment_without_running_i
 def test_a_pushed_experiment_reaches_a_colleague_with_its_params_metrics_and_model(
     reproduced: Project, tmp_path: Path, kind: str
 ) -> None:
+    """docs/team.md's team-experiment workflow as written."""
     with remote_storage(kind, tmp_path) as storage:
         pushed_and_pulled(reproduced, tmp_path, storage)
 
 
 def pushed_and_pulled(reproduced: Project, tmp_path: Path, storage: tuple) -> None:
+    hers, his = alice_and_bob("team-experiment")
     origin, alice = team(reproduced, tmp_path, storage=storage)
-    alice.run("dvc", "exp", "run", "-q", "-n", "lr-0055", "-S", "train.lr=0.0055")
-    alice.run("dvc", "exp", "push", "origin", "lr-0055")  # git refs, and outputs to the remote
-    hers = experiments(alice)["lr-0055"]
+    shim_uv(alice.env, tmp_path / "bin")
+    run_script(alice, hers)  # the experiment; its git refs and outputs pushed
+    alices = experiments(alice)["lr-0055"]
 
     bob = clone(origin, tmp_path / "bob", alice.env)
-    assert "Pulled experiment" in bob.run("dvc", "exp", "pull", "origin", "lr-0055").stdout
-    his = experiments(bob)["lr-0055"]
-    assert his["params"]["train"]["lr"] == 0.0055
-    assert his["metrics"] == hers["metrics"] and his["outs"] == hers["outs"]
+    result = run_script(bob, "\n".join(his))  # pull, show, apply
+    assert "Pulled experiment" in result.stdout, result.stdout
+    assert "lr-0055" in result.stdout  # dvc exp show
+    assert "Running stage" not in result.stdout  # apply: no retraining
+    bobs = experiments(bob)["lr-0055"]
+    assert bobs["params"]["train"]["lr"] == 0.0055
+    assert bobs["metrics"] == alices["metrics"] and bobs["outs"] == alices["outs"]
 
-    # from Bob's clone, with no workspace copy and no retraining: the bytes Alice exported
+    # from Bob's clone, with no workspace copy: the bytes Alice exported
     assert read_model_bytes("lr-0055", str(bob.path)) == read_model_bytes(
         "lr-0055", str(alice.path)
     )
     assert list(load_model(rev="lr-0055", repo=str(bob.path)).config.hidden) == [512, 512]
-    result = bob.run("dvc", "exp", "apply", "lr-0055")
-    assert "Running stage" not in result.stdout
-    # its outputs, checked out: nothing changed but validate, which always runs
+    # the applied outputs, checked out: nothing changed but validate, which always runs
     assert bob.run("dvc", "status").stdout == "validate:\n\talways changed\n"
     assert lock_hashes(bob.read("dvc.lock")) == lock_hashes(alice.read("dvc.lock"))
 
