@@ -54,6 +54,7 @@ from fashion_mnist_mlp.tools.trials import connect, masked, storage_errors
 from fashion_mnist_mlp.tools.workers import (
     counted,
     ended_experiments,
+    experiment_name,
     push_experiment,
     retrying,
     stale_trials_found,
@@ -232,7 +233,7 @@ def search(
             print(f"search: removed the temporary copy of {dead}, whose run was killed", flush=True)
         trial = study.ask(space.distributions())
         with heartbeats(trial):  # from ask to tell: a trial alive is never judged stale
-            name = f"{study.study_name}-{trial.number}"
+            name = experiment_name(study, trial.number)
             values = decode(trial.params)
             print(
                 f"search: trial {trial.number} ({name}): {shown(values)}{retrying(trial)}",

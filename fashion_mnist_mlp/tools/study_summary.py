@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fashion_mnist_mlp.tools.space import decode
+from fashion_mnist_mlp.tools.workers import experiment_name
 from fashion_mnist_mlp.training.files import atomic_path
 
 
@@ -25,7 +26,7 @@ def summary(study: optuna.study.Study) -> list[str]:
     lines = [f"study {study.study_name!r}: {len(states)} trials ({counts or 'none'})"]
     if TrialState.COMPLETE in states:
         best = study.best_trial
-        name = best.user_attrs.get("experiment", f"{study.study_name}-{best.number}")
+        name = best.user_attrs.get("experiment", experiment_name(study, best.number))
         lines.append(
             f"best: trial {best.number}, experiment {name}, validation accuracy "
             f"{best.value:.4f}: {shown(decode(best.params))} (dvc exp apply {name})"

@@ -19,6 +19,11 @@ ASKED = tuple(s for s in TrialState if s != TrialState.WAITING)
 """A trial enqueued (study.enqueue_trial) counts once a worker asks for it: --trials runs it."""
 
 
+def experiment_name(study: optuna.study.Study, number: int) -> str:
+    """The DVC experiment of the study's trial `number`: `<study>-<number>` (search-7)."""
+    return f"{study.study_name}-{number}"
+
+
 def counted(study: optuna.study.Study) -> int:
     """The trials that count towards --trials: all asked, but those of dead workers that were
     asked again (a retry, even one still waiting to be asked, stands for the whole chain)."""
@@ -31,7 +36,7 @@ def ended_experiments(study: optuna.study.Study) -> set[str]:
     ended = study.get_trials(
         deepcopy=False, states=(TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED)
     )
-    return {f"{study.study_name}-{t.number}" for t in ended}
+    return {experiment_name(study, t.number) for t in ended}
 
 
 def stale_trials_found(study: optuna.study.Study, trials: int) -> bool:

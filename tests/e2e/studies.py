@@ -1,8 +1,9 @@
 """What the search's end-to-end tests check of a study: each trial is its experiment, the workers
-ran at once, and a password shows nowhere."""
+ran at once, and a password shows nowhere; and a worker's output read up to a point."""
 
 from __future__ import annotations
 
+import subprocess
 import urllib.parse
 from typing import Any
 
@@ -63,3 +64,13 @@ def leaks(password: str, texts: dict[str, str]) -> list[str]:
     """Where (the names of `texts`) the password shows, in any spelling."""
     forms = spellings(password)
     return [where for where, text in texts.items() if any(form in text for form in forms)]
+
+
+def output_until(worker: subprocess.Popen[str], marker: str) -> str:
+    """A running worker's output up to its first line holding `marker` (the rest left unread)."""
+    lines = []
+    for line in worker.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    return "".join(lines)

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from ..conftest import ROOT
+from .conftest import free_port
 from .test_plots_offline import CHROMIUM, NO_BROWSER
 
 pytestmark = pytest.mark.e2e
@@ -52,12 +52,6 @@ def make_study(db: Path) -> None:
                 intermediate_values=epochs, user_attrs={"experiment": f"{STUDY}-{number}"},
             )
         )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from ..conftest import ROOT
 from .conftest import Project, experiments
+from .studies import output_until
 
 pytestmark = pytest.mark.e2e
 
@@ -154,13 +155,9 @@ def test_ctrl_c_stops_a_background_worker_and_its_trial_and_leaves_nothing(
         reproduced, tmp_path, "stopped", space, "--trials", "1",
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if ": epoch 3 val acc" in line:
-            break
+    seen = output_until(proc, ": epoch 3 val acc")
     proc.send_signal(signal.SIGINT)
-    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out
     assert "interrupted (SIGINT)" in out and "Traceback" not in out
     trial = optuna.load_study(
@@ -193,15 +190,11 @@ def test_a_killed_workers_trial_is_run_again_and_the_study_reaches_its_count(
     and the study ends with --trials finished trials."""
     space = {**SPACE, "params": {"train.lr": SPACE["params"]["train.lr"]}}
     victim = search(reproduced, tmp_path, "kill", space, "--trials", "2", "--heartbeat", "1")
-    lines = []
-    for line in victim.stdout:
-        lines.append(line)
-        if ": epoch 1 val acc" in line:
-            break
+    seen = output_until(victim, ": epoch 1 val acc")
     victim.kill()
     victim.wait(timeout=30)
     killed_at = time.monotonic()
-    killed = int(re.search(r"search: trial (\d+) \(kill-", "".join(lines)).group(1))
+    killed = int(re.search(r"search: trial (\d+) \(kill-", seen).group(1))
     temp = reproduced.path / ".dvc" / "tmp" / "exps"
     deadline = time.monotonic() + 120  # the stage itself runs on, alone, to its end
     while processes_under(temp) and time.monotonic() < deadline:

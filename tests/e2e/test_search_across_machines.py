@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from .conftest import Project, experiments, remote_storage
 from .postgres import postgres_server
-from .studies import assert_each_trial_is_its_experiment, leaks
+from .studies import assert_each_trial_is_its_experiment, leaks, output_until
 from .test_team import clone, team
 from .workflows import run_script, script, shim_uv
 
@@ -57,15 +57,6 @@ def worker(project: Project, commands: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def first_lines_until(proc: subprocess.Popen[str], marker: str) -> str:
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if marker in line:
-            break
-    return "".join(lines)
-
-
 def workstation(origin: Path, path: Path, env: dict[str, str]) -> Project:
     """A clone as a team member has it: `uv run` works in it."""
     project = clone(origin, path, env)
@@ -87,7 +78,7 @@ def test_two_workers_on_postgresql_push_every_trial_and_a_third_clone_sees_them_
             project.run("dvc", "pull", "-q")  # main's outputs, from the SSH remote
 
         survivor, victim = (worker(p, s) for p, s in zip(clones, scripts.values(), strict=True))
-        seen = first_lines_until(victim, ": epoch 1 val acc")
+        seen = output_until(victim, ": epoch 1 val acc")
         os.killpg(victim.pid, signal.SIGKILL)  # the worker and all it started
         victim.wait(timeout=30)
         victim.stdout.close()
